@@ -1,0 +1,35 @@
+"""Shared plumbing for the command-line scripts.
+
+``run_main(main)`` runs a script's ``main(argv)`` and maps failures to exit codes:
+
+* :class:`~common.errors.InputError` -> one line ``error: ...`` on stderr, exit 2;
+* ``KeyboardInterrupt`` -> one line, exit 130;
+* argparse usage errors keep argparse's own exit code 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+from common.errors import InputError
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
+    """Print ``error: message`` as one line on stderr and exit with ``code``."""
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run ``main(argv)`` and exit with its status, turning user errors into one clear line."""
+    try:
+        code = main(argv)
+    except InputError as exc:
+        fail(str(exc), 2)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    raise SystemExit(int(code or 0))

@@ -1,0 +1,17 @@
+"""Exceptions that every package raises for problems the user can fix.
+
+Scripts turn an :class:`InputError` (and its subclasses) into one line on stderr and
+exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+
+class InputError(Exception):
+    """Bad input from the user: a file, a folder, an option or a config value."""
+
+
+class ConfigError(InputError):
+    """A config file or option set with an unknown key, a wrong type or a bad value."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint that is missing, truncated, unsafe, or of another kind or architecture."""
