@@ -1,0 +1,930 @@
+"""ADF/HAADF-STEM micrograph simulator with known ground truth.
+
+The model is the incoherent imaging approximation: every atom column is a probe-blurred peak (a 2-D Gaussian
+of width ``probe_sigma_px``) whose height scales with the column's scattering weight and with the local specimen
+thickness. On top come a thickness-proportional diffuse background, a slow additive background, scan
+distortions (per-row line jitter, slow drift, a sinusoidal line wobble, occasional tearing) and a detector model:
+Poisson shot noise at a given dose, Gaussian read noise, noise correlated along the fast-scan rows (and slightly
+anti-correlated down the columns, as measured on real frames), per-row flyback offsets and quantisation. The
+correlation is a causal moving-average filter of the shot and read noise (the detector's finite bandwidth along
+the scan), scaled to keep the noise variance, so the defaults give lag-1 correlations of 0.28 along the rows
+and -0.1 down the columns whatever the dose; the noise-free ``truth`` is the expected image.
+
+Units: positions and lengths in pixels, ``(row, col)`` with rows pointing down; intensities in detector units
+(``gain`` units per detected electron; with the default ``gain=1`` they are counts). ``dose`` is the expected
+number of counts at the peak of a nominal column (weight 1, thickness 1) above the background.
+
+Angle convention (shared with :mod:`data_prep.lattice`): an angle is measured counter-clockwise *as displayed*
+from the +x (column) axis, so a vector of length ``L`` at angle ``theta`` is ``L * (-sin(theta), cos(theta))`` in
+``(row, col)``. ``SimResult.angle_deg`` is folded by the lattice's symmetry exactly as
+:func:`data_prep.lattice.measure_lattice` reports it, so the measured angle equals the simulated one.
+
+Everything is vectorised: columns are rendered as small Gaussian stamps (exact, per-row scan shifts included)
+accumulated with ``np.bincount``; smooth fields are evaluated analytically at the distorted specimen coordinates.
+The same parameters and seed always give the same output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from common.atomic import atomic_write_bytes
+from common.errors import ConfigError, InputError
+from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
+
+__all__ = [
+    "LATTICES",
+    "DENT_SHAPES",
+    "Dent",
+    "SimParams",
+    "SimResult",
+    "simulate",
+    "save_simulation",
+    "load_simulation",
+    "synthetic_lattice",
+    "lattice_basis",
+    "canonical_angle",
+]
+
+LATTICES = ("square", "rect", "hex", "perovskite")
+DENT_SHAPES = ("gaussian", "elliptic", "irregular", "ramp")
+
+# Seed-sequence streams, so that changing one group of parameters does not change the random draws of another.
+_STREAMS = ("lattice", "defects", "dents", "scan", "background", "noise", "offsets", "origin")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parameters
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Dent:
+    """One smooth thinner region of the specimen.
+
+    ``shape``: "gaussian" (isotropic Gaussian profile, ``radius_px`` = 2 sigma), "elliptic" (flat-bottomed ellipse
+    with a smooth cosine rim; ``aspect`` = minor/major axis, major axis along ``angle_deg``), "irregular" (blob whose
+    radius wobbles with the polar angle, smooth rim) or "ramp" (a thickness gradient: thickness falls linearly by
+    ``depth`` across the image along ``angle_deg``; ``center`` and ``radius_px`` unused). ``center`` is
+    ``(row, col)`` in specimen pixels; ``depth`` in (0, 1) is the fractional thickness loss at the dent's deepest
+    point. ``edge_px`` is the least width of the rim (and least Gaussian sigma x 2), so that a dent varies slowly
+    on the scale of the lattice; None means 1.5 lattice periods.
+    """
+
+    shape: str = "gaussian"
+    center: tuple[float, float] = (0.0, 0.0)
+    radius_px: float = 50.0
+    depth: float = 0.3
+    aspect: float = 1.0
+    angle_deg: float = 0.0
+    wobble: tuple[float, ...] = ()  # irregular: relative radius amplitudes of harmonics 2, 3, ...
+    phases: tuple[float, ...] = ()  # irregular: phases (rad) of those harmonics
+    edge_px: float | None = None  # least width of the rim (px); default 1.5 lattice periods
+
+    def validate(self) -> None:
+        if self.shape not in DENT_SHAPES:
+            raise ConfigError(f"dent shape must be one of {DENT_SHAPES}, got {self.shape!r}")
+        if not (0.0 < float(self.depth) < 1.0):
+            raise ConfigError(f"dent depth must be in (0, 1), got {self.depth}")
+        if self.shape != "ramp" and not float(self.radius_px) > 0:
+            raise ConfigError(f"dent radius_px must be > 0, got {self.radius_px}")
+        if not (0.0 < float(self.aspect) <= 1.0):
+            raise ConfigError(f"dent aspect must be in (0, 1], got {self.aspect}")
+        if len(self.wobble) != len(self.phases):
+            raise ConfigError("dent wobble and phases must have the same length")
+        if self.edge_px is not None and not float(self.edge_px) >= 0:
+            raise ConfigError(f"dent edge_px must be >= 0, got {self.edge_px}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["center"] = [float(c) for c in self.center]
+        d["wobble"] = [float(v) for v in self.wobble]
+        d["phases"] = [float(v) for v in self.phases]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Dent":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown dent keys: {sorted(unknown)}")
+        d = dict(d)
+        for key in ("center", "wobble", "phases"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
+        dent = cls(**d)
+        dent.validate()
+        return dent
+
+
+@dataclass
+class SimParams:
+    """Parameters of one simulated micrograph (validated by :meth:`validate`, called by :func:`simulate`).
+
+    Geometry: ``lattice`` ("square", "rect", "hex" = triangular net of columns, "perovskite" = square cell with an
+    A column at the corner and a weaker B column (weight ``b_weight``) at the centre, as ABO3 along [001]);
+    ``shape`` (rows, cols); ``period_px`` = length of the primary lattice vector a1 (the unit-cell edge for
+    perovskite); ``period2_px`` = length of a2 for "rect" (default 1.4 x period); ``angle_deg`` = direction of a1
+    (see module docstring); a2 is a1 turned by +90 deg (+60 for hex). ``origin`` (row, col) of one column; random
+    when None. ``probe_sigma_px``: Gaussian probe sigma (default 0.11 x the shorter period, at least 0.8 px).
+    ``position_noise_px``: static random column displacements (std, px).
+
+    Specimen: ``vacancy_frac``, ``heavy_frac``, ``light_frac`` of lattice sites become vacancies, heavier
+    (x ``heavy_factor``) or lighter (x ``light_factor``) columns. ``dents``: number of random dents (shapes drawn
+    from ``dent_shapes``, depth from ``dent_depth``, radius as a fraction of the shorter image side from
+    ``dent_radius_frac``) or an explicit list of :class:`Dent` (or dicts). Thickness = product of (1 - depth x
+    profile) over the dents, times the ramps; column heights and the diffuse background scale with it.
+
+    Background (fractions of ``dose``): ``background`` = diffuse level proportional to thickness,
+    ``background_slow`` = amplitude of a smooth additive field (a few long-wavelength cosines).
+
+    Scan: ``scan_jitter_px`` = std of per-row x offsets; ``drift_px`` = (row, col) specimen drift over the whole
+    frame; ``scan_sine_px``/``scan_sine_rows`` = amplitude/period of a sinusoidal line wobble; ``tear_rate`` =
+    expected tears per 1000 rows, each shifting ``tear_rows`` consecutive rows by up to +-``tear_shift_px``.
+
+    Detector: ``dose`` = expected counts at a nominal column peak; ``read_noise`` (counts std, white before the
+    detector filter); ``noise_corr_row``/``noise_corr_col`` = lag-1 correlation of the noise along the fast-scan
+    rows / down the columns (|value| <= 0.45); ``row_offset`` = std of per-row flyback offsets as a fraction of
+    the mean expected counts; ``gain`` = output units per count; ``quantize`` rounds the output to whole units;
+    ``noise=False`` returns the truth as the noisy image. ``pixel_size_pm`` is written to the TIFFs.
+    """
+
+    lattice: str = "square"
+    shape: tuple[int, int] = (512, 512)
+    period_px: float = 12.8
+    period2_px: float | None = None
+    angle_deg: float = 0.0
+    origin: tuple[float, float] | None = None
+    probe_sigma_px: float | None = None
+    b_weight: float = 0.5
+    position_noise_px: float = 0.0
+    dose: float = 100.0
+    vacancy_frac: float = 0.0
+    heavy_frac: float = 0.0
+    heavy_factor: float = 1.6
+    light_frac: float = 0.0
+    light_factor: float = 0.6
+    dents: Any = 0
+    dent_shapes: tuple[str, ...] = ("gaussian", "elliptic", "irregular")
+    dent_depth: tuple[float, float] = (0.2, 0.5)
+    dent_radius_frac: tuple[float, float] = (0.08, 0.25)
+    background: float = 0.1
+    background_slow: float = 0.05
+    scan_jitter_px: float = 0.1
+    drift_px: tuple[float, float] = (0.0, 0.0)
+    scan_sine_px: float = 0.0
+    scan_sine_rows: float = 64.0
+    tear_rate: float = 0.5
+    tear_shift_px: float = 2.0
+    tear_rows: int = 3
+    noise: bool = True
+    read_noise: float = 0.5
+    noise_corr_row: float = 0.28
+    noise_corr_col: float = -0.1
+    row_offset: float = 0.01
+    gain: float = 1.0
+    quantize: bool = True
+    pixel_size_pm: float | None = 10.0
+    seed: int = 0
+
+    # -- validation ----------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for any value a user could get wrong."""
+        if self.lattice not in LATTICES:
+            raise ConfigError(f"lattice must be one of {LATTICES}, got {self.lattice!r}")
+        try:
+            h, w = (int(v) for v in self.shape)
+        except (TypeError, ValueError):
+            raise ConfigError(f"shape must be (rows, cols), got {self.shape!r}") from None
+        if h < 8 or w < 8 or h != self.shape[0] or w != self.shape[1]:
+            raise ConfigError(f"shape must be two integers >= 8, got {self.shape!r}")
+        if h * w > 16384 * 16384:
+            raise ConfigError(f"shape {self.shape} is too large")
+        _positive("period_px", self.period_px, minimum=2.0)
+        if self.period2_px is not None:
+            _positive("period2_px", self.period2_px, minimum=2.0)
+        if not math.isfinite(float(self.angle_deg)):
+            raise ConfigError("angle_deg must be finite")
+        if self.probe_sigma_px is not None:
+            _positive("probe_sigma_px", self.probe_sigma_px)
+            if self.probe_sigma_px > 50:
+                raise ConfigError(f"probe_sigma_px {self.probe_sigma_px} is unreasonably large (> 50 px)")
+        _nonneg("b_weight", self.b_weight)
+        _nonneg("position_noise_px", self.position_noise_px)
+        _positive("dose", self.dose)
+        for name in ("vacancy_frac", "heavy_frac", "light_frac"):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {v}")
+        if self.vacancy_frac + self.heavy_frac + self.light_frac > 1.0:
+            raise ConfigError("vacancy_frac + heavy_frac + light_frac must be <= 1")
+        _nonneg("heavy_factor", self.heavy_factor)
+        _nonneg("light_factor", self.light_factor)
+        for s in self.dent_shapes:
+            if s not in DENT_SHAPES:
+                raise ConfigError(f"dent_shapes entries must be in {DENT_SHAPES}, got {s!r}")
+        lo, hi = self.dent_depth
+        if not 0.0 < lo <= hi < 1.0:
+            raise ConfigError(f"dent_depth must satisfy 0 < lo <= hi < 1, got {self.dent_depth}")
+        lo, hi = self.dent_radius_frac
+        if not 0.0 < lo <= hi:
+            raise ConfigError(f"dent_radius_frac must satisfy 0 < lo <= hi, got {self.dent_radius_frac}")
+        if isinstance(self.dents, bool):
+            raise ConfigError("dents must be a count or a list of dents")
+        if isinstance(self.dents, (int, np.integer)):
+            if self.dents < 0:
+                raise ConfigError("dents must be >= 0")
+            if self.dents and not self.dent_shapes:
+                raise ConfigError("dent_shapes is empty")
+        else:
+            for d in self._dent_list():
+                d.validate()
+        _nonneg("background", self.background)
+        _nonneg("background_slow", self.background_slow)
+        _nonneg("scan_jitter_px", self.scan_jitter_px)
+        _nonneg("scan_sine_px", self.scan_sine_px)
+        _positive("scan_sine_rows", self.scan_sine_rows)
+        _nonneg("tear_rate", self.tear_rate)
+        _nonneg("tear_shift_px", self.tear_shift_px)
+        if int(self.tear_rows) < 1:
+            raise ConfigError("tear_rows must be >= 1")
+        if len(tuple(self.drift_px)) != 2 or not all(math.isfinite(float(v)) for v in self.drift_px):
+            raise ConfigError(f"drift_px must be (rows, cols), got {self.drift_px!r}")
+        if abs(self.drift_px[0]) >= 0.5 * h:
+            raise ConfigError("drift_px[0] must be smaller than half the image height")
+        _nonneg("read_noise", self.read_noise)
+        for name in ("noise_corr_row", "noise_corr_col"):
+            v = float(getattr(self, name))
+            if not -0.45 <= v <= 0.45:
+                raise ConfigError(f"{name} must be in [-0.45, 0.45], got {v}")
+        _nonneg("row_offset", self.row_offset)
+        _positive("gain", self.gain)
+        if self.pixel_size_pm is not None:
+            _positive("pixel_size_pm", self.pixel_size_pm)
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    def _dent_list(self) -> list[Dent]:
+        out = []
+        for d in self.dents:
+            if isinstance(d, Dent):
+                out.append(d)
+            elif isinstance(d, dict):
+                out.append(Dent.from_dict(d))
+            else:
+                raise ConfigError(f"dents must be a count or a list of Dent/dict, got {type(d).__name__}")
+        return out
+
+    # -- derived values ------------------------------------------------------------------------------------------
+    def resolved_period2(self) -> float:
+        if self.lattice == "rect":
+            return float(self.period2_px) if self.period2_px is not None else 1.4 * float(self.period_px)
+        return float(self.period_px)
+
+    def resolved_sigma(self) -> float:
+        if self.probe_sigma_px is not None:
+            return float(self.probe_sigma_px)
+        shortest = min(self.period_px, self.resolved_period2())
+        if self.lattice == "perovskite":
+            shortest = self.period_px / math.sqrt(2.0)
+        return max(0.8, 0.11 * shortest)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict of the parameters as given."""
+        d = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "dents" and not isinstance(v, (int, np.integer)):
+                v = [x.to_dict() for x in self._dent_list()]
+            d[f.name] = _jsonable(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SimParams":
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k != "derived"}  # what simulate() recorded about the result
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown simulation parameters: {sorted(unknown)}")
+        for key in ("shape", "origin", "drift_px", "dent_shapes", "dent_depth", "dent_radius_frac"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        if isinstance(d.get("dents"), list):
+            d["dents"] = tuple(Dent.from_dict(x) if isinstance(x, dict) else x for x in d["dents"])
+        return cls(**d)
+
+
+def _positive(name: str, value, minimum: float = 0.0) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0 or v < minimum:
+        raise ConfigError(f"{name} must be > {max(minimum, 0.0):g}, got {value!r}")
+
+
+def _nonneg(name: str, value) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+def _jsonable(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# result
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class SimResult:
+    """Output of :func:`simulate`.
+
+    ``noisy``/``truth``: float32 (H, W) in detector units (counts x gain); ``truth`` is the noise-free expected
+    image with the same scan distortion. ``columns``: (N, 2) float (row, col) where the present columns appear in
+    the distorted image (centroid of their rendered peak), restricted to the image. ``column_weight``: (N,) peak
+    height of each column relative to ``dose`` (species weight x local thickness). ``vacancies``: (M, 2) where a
+    lattice column is missing. ``heavy``/``light``: index arrays into ``columns``. ``thickness``: (H, W) float32,
+    1 = nominal, dents < 1, at the distorted pixel positions. ``period_px``/``angle_deg``: the primary lattice
+    vector as :func:`data_prep.lattice.measure_lattice` reports it (angle folded by the lattice symmetry);
+    ``period2_px``/``angle2_deg``: the second basis vector likewise; ``lattice``: the Bravais lattice as measured
+    ("square" for a perovskite cell, whose period is the cell edge). ``params``: JSON-able dict of the parameters
+    actually used (random choices such as dents, origin and probe width resolved; ``SimParams.from_dict`` of it
+    reproduces the image), with ``params["derived"]`` recording the scan tears and the y scale of the drift.
+    """
+
+    noisy: np.ndarray
+    truth: np.ndarray
+    columns: np.ndarray
+    column_weight: np.ndarray
+    vacancies: np.ndarray
+    heavy: np.ndarray
+    light: np.ndarray
+    thickness: np.ndarray
+    period_px: float
+    angle_deg: float
+    params: dict
+    period2_px: float = 0.0
+    angle2_deg: float = 0.0
+    lattice: str = "square"
+
+    @property
+    def pixel_size_pm(self) -> float | None:
+        return self.params.get("pixel_size_pm")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# geometry helpers
+# ----------------------------------------------------------------------------------------------------------------
+def _unit(angle_deg: float) -> np.ndarray:
+    """(row, col) unit vector at ``angle_deg`` (counter-clockwise as displayed, from +x)."""
+    t = math.radians(angle_deg)
+    return np.array([-math.sin(t), math.cos(t)])
+
+
+def lattice_basis(lattice: str, period_px: float, angle_deg: float, period2_px: float | None = None):
+    """Real-space basis of a lattice type: ``(a1, a2, motif)``.
+
+    ``a1``/``a2`` are (row, col) vectors in pixels (a1 at ``angle_deg``, a2 at +90 deg, +60 deg for hex);
+    ``motif`` is a list of ``(frac1, frac2, weight)`` sites in the cell (weight of the B site of a perovskite is
+    filled in by the caller). Units: pixels and degrees.
+    """
+    if lattice not in LATTICES:
+        raise ConfigError(f"lattice must be one of {LATTICES}, got {lattice!r}")
+    p2 = period_px if period2_px is None or lattice != "rect" else period2_px
+    a1 = period_px * _unit(angle_deg)
+    if lattice == "hex":
+        a2 = period_px * _unit(angle_deg + 60.0)
+    else:
+        a2 = p2 * _unit(angle_deg + 90.0)
+    motif = [(0.0, 0.0, 1.0)]
+    if lattice == "perovskite":
+        motif.append((0.5, 0.5, None))
+    return a1, a2, motif
+
+
+def canonical_angle(angle_deg: float, lattice: str) -> float:
+    """Fold a primary-vector angle by the lattice symmetry, as :func:`measure_lattice` reports it.
+
+    square/perovskite: [0, 90); hex: [0, 60); rect/oblique: [0, 180). Degrees.
+    """
+    fold = {"square": 90.0, "perovskite": 90.0, "hex": 60.0}.get(lattice, 180.0)
+    a = float(angle_deg) % fold
+    if a >= fold - 1e-9:
+        a = 0.0
+    return a
+
+
+def _canonical_vectors(lattice: str, period: float, period2: float, angle: float):
+    """Return (period, angle, period2, angle2) of the reported primary and secondary vectors."""
+    if lattice == "rect" and period2 < period:
+        period, period2 = period2, period
+        angle = angle + 90.0
+    a = canonical_angle(angle, lattice)
+    step = 60.0 if lattice == "hex" else 90.0
+    a2 = (a + step) % 180.0
+    return float(period), float(a), float(period2), float(a2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dents and thickness
+# ----------------------------------------------------------------------------------------------------------------
+def _smoothstep_edge(r: np.ndarray, width: float) -> np.ndarray:
+    """1 inside r<1, smooth fall to 0 over a rim of relative ``width`` (cosine taper), 0 outside."""
+    x = np.clip((r - (1.0 - width)) / width, 0.0, 1.0)
+    return 0.5 * (1.0 + np.cos(np.pi * x))
+
+
+def _dent_profile(d: Dent, y: np.ndarray, x: np.ndarray, shape: tuple[int, int], edge: float) -> np.ndarray:
+    """Profile in [0, 1] (1 at the deepest point) of a dent at specimen coordinates (y, x); rim >= ``edge`` px."""
+    h, w = shape
+    if d.shape == "ramp":
+        u = _unit(d.angle_deg)
+        proj = (y - h / 2.0) * u[0] + (x - w / 2.0) * u[1]
+        half = 0.5 * (abs(u[0]) * h + abs(u[1]) * w)
+        return np.clip(0.5 + proj / (2.0 * half), 0.0, 1.0)
+    dy = y - d.center[0]
+    dx = x - d.center[1]
+    if d.shape == "gaussian":
+        s = max(d.radius_px, edge) / 2.0
+        return np.exp(-(dy * dy + dx * dx) / (2.0 * s * s))
+    # elliptic / irregular: polar coordinates in the dent's frame
+    u = _unit(d.angle_deg)
+    along = dy * u[0] + dx * u[1]
+    across = -dy * u[1] + dx * u[0]
+    if d.shape == "elliptic":
+        # a dent narrower than its rim is widened to the rim: no dent is sharper than ``edge``
+        major, minor = max(d.radius_px, edge), max(d.radius_px * d.aspect, edge)
+        r = np.sqrt((along / major) ** 2 + (across / minor) ** 2)
+        return _smoothstep_edge(r, min(1.0, max(0.5, edge / minor)))
+    theta = np.arctan2(across, along)
+    rad = np.ones_like(theta)
+    for k, (amp, ph) in enumerate(zip(d.wobble, d.phases), start=2):
+        rad = rad + amp * np.cos(k * theta + ph)
+    rad = np.maximum(rad, 0.3)
+    shrink = max(0.3, 1.0 - float(np.sum(np.abs(d.wobble))))  # smallest radius factor over the angles
+    radius = max(d.radius_px, edge / (d.aspect * shrink))
+    r = np.sqrt(along * along + (across / d.aspect) ** 2) / (radius * rad)
+    return _smoothstep_edge(r, min(1.0, max(0.6, edge / (radius * d.aspect * shrink))))
+
+
+def _thickness(dents: Sequence[Dent], y: np.ndarray, x: np.ndarray, shape: tuple[int, int],
+               period: float) -> np.ndarray:
+    t = np.ones(np.broadcast_shapes(np.shape(y), np.shape(x)), dtype=np.float64)
+    for d in dents:
+        edge = 1.5 * period if d.edge_px is None else float(d.edge_px)
+        t *= 1.0 - d.depth * _dent_profile(d, y, x, shape, edge)
+    return np.maximum(t, 0.02)
+
+
+def _random_dents(p: SimParams, rng: np.random.Generator) -> list[Dent]:
+    h, w = p.shape
+    side = min(h, w)
+    out = []
+    for _ in range(int(p.dents)):
+        shape = str(rng.choice(list(p.dent_shapes)))
+        depth = float(rng.uniform(*p.dent_depth))
+        radius = float(rng.uniform(*p.dent_radius_frac)) * side
+        center = (float(rng.uniform(0.15, 0.85) * h), float(rng.uniform(0.15, 0.85) * w))
+        angle = float(rng.uniform(0.0, 180.0))
+        aspect = float(rng.uniform(0.4, 0.9)) if shape in ("elliptic", "irregular") else 1.0
+        wobble: tuple[float, ...] = ()
+        phases: tuple[float, ...] = ()
+        if shape == "irregular":
+            wobble = tuple(float(v) for v in rng.uniform(0.05, 0.25, size=3) / np.arange(1, 4))
+            phases = tuple(float(v) for v in rng.uniform(0, 2 * np.pi, size=3))
+        if shape == "ramp":
+            center, radius, aspect = (0.0, 0.0), 0.0, 1.0
+        out.append(Dent(shape, center, radius, depth, aspect, angle, wobble, phases))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# scan distortion
+# ----------------------------------------------------------------------------------------------------------------
+def _scan_shifts(p: SimParams, rng: np.random.Generator) -> tuple[np.ndarray, float, list[dict]]:
+    """Per-row x shift (specimen x = col + dx[row]) and the y scale (specimen y = row * yscale)."""
+    h, _ = p.shape
+    rows = np.arange(h, dtype=np.float64)
+    dx = p.drift_px[1] * rows / h
+    if p.scan_jitter_px > 0:
+        dx = dx + rng.normal(0.0, p.scan_jitter_px, size=h)
+    if p.scan_sine_px > 0:
+        dx = dx + p.scan_sine_px * np.sin(2 * np.pi * rows / p.scan_sine_rows + rng.uniform(0, 2 * np.pi))
+    tears = []
+    n_tears = rng.poisson(p.tear_rate * h / 1000.0) if p.tear_rate > 0 else 0
+    for _ in range(n_tears):
+        r0 = int(rng.integers(0, h))
+        n = int(rng.integers(1, int(p.tear_rows) + 1))
+        shift = float(rng.uniform(-1.0, 1.0) * p.tear_shift_px)
+        dx[r0:r0 + n] += shift
+        tears.append({"row": r0, "rows": n, "shift_px": shift})
+    yscale = 1.0 + p.drift_px[0] / h
+    return dx, yscale, tears
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rendering
+# ----------------------------------------------------------------------------------------------------------------
+def _lattice_sites(p: SimParams, a1, a2, motif, origin, box) -> tuple[np.ndarray, np.ndarray]:
+    """All sites (specimen (y, x)) of the lattice within ``box`` = (y0, y1, x0, x1) and their base weights."""
+    y0, y1, x0, x1 = box
+    basis = np.stack([a1, a2], axis=1)  # columns a1, a2; r = basis @ (m, n)
+    inv = np.linalg.inv(basis)
+    corners = np.array([[y0, x0], [y0, x1], [y1, x0], [y1, x1]], dtype=np.float64) - origin
+    mn = corners @ inv.T
+    m0, n0 = np.floor(mn.min(axis=0)).astype(int) - 1
+    m1, n1 = np.ceil(mn.max(axis=0)).astype(int) + 1
+    mm, nn = np.meshgrid(np.arange(m0, m1 + 1), np.arange(n0, n1 + 1), indexing="ij")
+    mm = mm.ravel().astype(np.float64)
+    nn = nn.ravel().astype(np.float64)
+    pos_list, w_list = [], []
+    for f1, f2, wt in motif:
+        pos = origin + np.outer(mm + f1, a1) + np.outer(nn + f2, a2)
+        keep = (pos[:, 0] >= y0) & (pos[:, 0] <= y1) & (pos[:, 1] >= x0) & (pos[:, 1] <= x1)
+        pos_list.append(pos[keep])
+        w_list.append(np.full(int(keep.sum()), p.b_weight if wt is None else wt))
+    pos = np.concatenate(pos_list)
+    weights = np.concatenate(w_list)
+    # deterministic order: raster order of the positions
+    order = np.lexsort((pos[:, 1], pos[:, 0]))
+    return pos[order], weights[order]
+
+
+def _apparent(Y: np.ndarray, X: np.ndarray, dx: np.ndarray, yscale: float, sigma: float) -> np.ndarray:
+    """Where specimen points (Y, X) appear in the scan-distorted image: (row, col) in pixels.
+
+    The row is exact for the linear y drift; the column is the centroid of the rendered peak over the scan rows
+    it covers, each row shifted by its own ``dx`` (line jitter, wobble, tears).
+    """
+    h = len(dx)
+    R = int(math.ceil(4.0 * sigma)) + 1
+    offs = np.arange(-R, R + 1)
+    r_app = Y / yscale
+    rows = np.round(r_app).astype(np.int64)[:, None] + offs[None, :]
+    gy = np.exp(-((rows * yscale - Y[:, None]) ** 2) / (2.0 * sigma * sigma))
+    gy = np.where((rows >= 0) & (rows < h), gy, 0.0)
+    wsum = gy.sum(axis=1)
+    rdx = dx[np.clip(rows, 0, h - 1)]
+    c_app = np.where(wsum > 0, (gy * (X[:, None] - rdx)).sum(axis=1) / np.maximum(wsum, 1e-300),
+                     X - dx[np.clip(np.round(r_app).astype(np.int64), 0, h - 1)])
+    return np.stack([r_app, c_app], axis=1)
+
+
+def _render_columns(shape, Y, X, amp, sigma, dx, yscale, chunk=16384) -> np.ndarray:
+    """Sum of Gaussian stamps (sigma px, peak heights ``amp``) of the columns at specimen (Y, X), scan-distorted.
+
+    Pixel (i, j) sees specimen (i * yscale, j + dx[i]); each stamp row is evaluated exactly at its own shift.
+    """
+    h, w = shape
+    R = int(math.ceil(4.0 * sigma)) + 1
+    offs = np.arange(-R, R + 1)
+    img = np.zeros(h * w, dtype=np.float64)
+    inv2s2 = 1.0 / (2.0 * sigma * sigma)
+    for s in range(0, len(Y), chunk):
+        y = Y[s:s + chunk]
+        x = X[s:s + chunk]
+        a = amp[s:s + chunk]
+        rows = np.round(y / yscale).astype(np.int64)[:, None] + offs[None, :]  # (n, S)
+        gy = np.exp(-((rows * yscale - y[:, None]) ** 2) * inv2s2)  # (n, S)
+        rdx = dx[np.clip(rows, 0, h - 1)]  # (n, S)
+        cols = np.round(x[:, None] - rdx).astype(np.int64)[:, :, None] + offs[None, None, :]  # (n, S, S)
+        gx = np.exp(-((cols + rdx[:, :, None] - x[:, None, None]) ** 2) * inv2s2)
+        val = (a[:, None, None] * gy[:, :, None]) * gx
+        ok = (rows[:, :, None] >= 0) & (rows[:, :, None] < h) & (cols >= 0) & (cols < w)
+        idx = (rows[:, :, None] * w + cols)[ok]
+        img += np.bincount(idx, weights=val[ok], minlength=h * w)
+    return img.reshape(h, w)
+
+
+def _slow_background(shape, rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Smooth field in [0, 1]: a few long-wavelength cosines (wavelength 0.7-2.5 x the image size)."""
+    h, w = shape
+    size = float(max(h, w))
+    total = np.zeros(np.broadcast_shapes(ys.shape, xs.shape))
+    amps = []
+    for _ in range(3):
+        lam = rng.uniform(0.7, 2.5) * size
+        u = _unit(rng.uniform(0, 360))
+        a = rng.uniform(0.3, 1.0)
+        total += a * np.cos(2 * np.pi * (ys * u[0] + xs * u[1]) / lam + rng.uniform(0, 2 * np.pi))
+        amps.append(a)
+    return 0.5 * (1.0 + total / sum(amps))
+
+
+def _ma1_coefficient(rho: float) -> float:
+    """Coefficient c of x + c*x_prev whose lag-1 autocorrelation c/(1+c^2) equals rho."""
+    if abs(rho) < 1e-12:
+        return 0.0
+    return (1.0 - math.sqrt(1.0 - 4.0 * rho * rho)) / (2.0 * rho)
+
+
+def _correlate_noise(e: np.ndarray, rho_row: float, rho_col: float) -> np.ndarray:
+    """Causal separable MA(1) filter giving lag-1 correlations rho_row (along rows) and rho_col (down columns)."""
+    a = _ma1_coefficient(rho_row)
+    if a:
+        f = e.copy()
+        f[:, 1:] += a * e[:, :-1]
+        f[:, 0] *= math.sqrt(1.0 + a * a)
+        e = f / math.sqrt(1.0 + a * a)
+    b = _ma1_coefficient(rho_col)
+    if b:
+        f = e.copy()
+        f[1:, :] += b * e[:-1, :]
+        f[0, :] *= math.sqrt(1.0 + b * b)
+        e = f / math.sqrt(1.0 + b * b)
+    return e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------------------
+def simulate(params: SimParams | None = None, **overrides) -> SimResult:
+    """Simulate one ADF-STEM micrograph with its ground truth (see the module docstring for the model and units).
+
+    ``overrides`` replace fields of ``params`` (or of the defaults), e.g. ``simulate(dose=5, lattice="hex")``.
+    Deterministic for given parameters and seed.
+    """
+    p = dataclasses.replace(params, **overrides) if params is not None else SimParams(**overrides)
+    p.validate()
+    h, w = int(p.shape[0]), int(p.shape[1])
+    ss = np.random.SeedSequence(int(p.seed))
+    rngs = dict(zip(_STREAMS, (np.random.default_rng(s) for s in ss.spawn(len(_STREAMS)))))
+
+    sigma = p.resolved_sigma()
+    period2 = p.resolved_period2()
+    a1, a2, motif = lattice_basis(p.lattice, float(p.period_px), float(p.angle_deg), period2)
+
+    # scan distortion and the specimen region the scan visits
+    dx, yscale, tears = _scan_shifts(p, rngs["scan"])
+    R = int(math.ceil(4.0 * sigma)) + 2
+    box = (-R * yscale - 1, (h - 1) * yscale + R + 1, float(dx.min()) - R - 1, w - 1 + float(dx.max()) + R + 1)
+
+    # lattice sites
+    lrng = rngs["lattice"]
+    if p.origin is None:
+        frac = rngs["origin"].random(2)
+        origin = np.array([h / 2.0, w / 2.0]) + frac[0] * a1 + frac[1] * a2
+    else:
+        origin = np.asarray(p.origin, dtype=np.float64)
+    pos, base_w = _lattice_sites(p, a1, a2, motif, origin, box)
+    if p.position_noise_px > 0:
+        pos = pos + lrng.normal(0.0, p.position_noise_px, size=pos.shape)
+
+    # defects
+    u = rngs["defects"].random(len(pos))
+    vac = u < p.vacancy_frac
+    heavy = (u >= p.vacancy_frac) & (u < p.vacancy_frac + p.heavy_frac)
+    light = (u >= p.vacancy_frac + p.heavy_frac) & (u < p.vacancy_frac + p.heavy_frac + p.light_frac)
+    species_w = base_w * np.where(heavy, p.heavy_factor, 1.0) * np.where(light, p.light_factor, 1.0)
+
+    # dents / thickness
+    if isinstance(p.dents, (int, np.integer)):
+        dents = _random_dents(p, rngs["dents"])
+    else:
+        dents = p._dent_list()
+    present = ~vac
+    t_col = _thickness(dents, pos[present, 0], pos[present, 1], (h, w), max(float(p.period_px), period2))
+    col_w = species_w[present] * t_col
+
+    # render the columns
+    img = _render_columns((h, w), pos[present, 0], pos[present, 1], col_w * p.dose, sigma, dx, yscale)
+    app = _apparent(pos[present, 0], pos[present, 1], dx, yscale, sigma)
+
+    # smooth fields at the distorted specimen coordinates of every pixel
+    ys = (np.arange(h, dtype=np.float64) * yscale)[:, None]
+    xs = np.arange(w, dtype=np.float64)[None, :] + dx[:, None]
+    thick = _thickness(dents, ys, xs, (h, w), max(float(p.period_px), period2))
+    img += p.dose * p.background * thick
+    if p.background_slow > 0:
+        img += p.dose * p.background_slow * _slow_background((h, w), rngs["background"], ys, xs)
+    lam = img  # expected counts
+
+    truth = (lam * p.gain).astype(np.float32)
+    if p.noise:
+        nrng = rngs["noise"]
+        counts = nrng.poisson(np.maximum(lam, 0.0)).astype(np.float64)
+        e = counts - lam
+        if p.read_noise > 0:
+            e += nrng.normal(0.0, p.read_noise, size=lam.shape)
+        e = _correlate_noise(e, float(p.noise_corr_row), float(p.noise_corr_col))
+        if p.row_offset > 0:
+            e += (p.row_offset * float(lam.mean())) * rngs["offsets"].normal(0.0, 1.0, size=(h, 1))
+        out = (lam + e) * p.gain
+        if p.quantize:
+            out = np.round(out)
+        noisy = out.astype(np.float32)
+    else:
+        noisy = truth.copy()
+
+    # bookkeeping: what lies inside the image
+    def inside(rc):
+        return (rc[:, 0] >= -0.5) & (rc[:, 0] <= h - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] <= w - 0.5)
+
+    keep = inside(app)
+    columns = app[keep]
+    column_weight = col_w[keep]
+    heavy_idx = np.flatnonzero(heavy[present][keep])
+    light_idx = np.flatnonzero(light[present][keep])
+    vac_app = _apparent(pos[vac, 0], pos[vac, 1], dx, yscale, sigma) if vac.any() else np.zeros((0, 2))
+    vac_app = vac_app[inside(vac_app)]
+
+    rep_lattice = "square" if p.lattice == "perovskite" else p.lattice
+    period, angle, p2, angle2 = _canonical_vectors(rep_lattice, float(p.period_px), period2, float(p.angle_deg))
+    used = p.to_dict()
+    used.update(
+        {
+            "probe_sigma_px": sigma,
+            "period2_px": period2,
+            "origin": [float(origin[0]), float(origin[1])],
+            "dents": [d.to_dict() for d in dents],
+            "derived": {"tears": tears, "y_scale": yscale},
+        }
+    )
+    return SimResult(
+        noisy=noisy,
+        truth=truth,
+        columns=columns.astype(np.float64),
+        column_weight=column_weight.astype(np.float64),
+        vacancies=vac_app.astype(np.float64),
+        heavy=heavy_idx.astype(np.int64),
+        light=light_idx.astype(np.int64),
+        thickness=thick.astype(np.float32),
+        period_px=period,
+        angle_deg=angle,
+        params=used,
+        period2_px=p2,
+        angle2_deg=angle2,
+        lattice=rep_lattice,
+    )
+
+
+def synthetic_lattice(
+    lattice: str = "square",
+    period_px: float = 24.0,
+    n_cells: int = 10,
+    *,
+    angle_deg: float = 0.0,
+    period2_px: float | None = None,
+    probe_sigma_px: float | None = None,
+    b_weight: float = 0.5,
+    background: float = 0.0,
+) -> np.ndarray:
+    """A small clean lattice image of the kind a physicist hands over: float32 in [0, 1], no noise or distortion.
+
+    The image holds ``n_cells`` unit cells (rows of columns for hex) along each axis (``n_cells * period``
+    pixels, rounded); with ``angle_deg=0`` square, rect and perovskite images are periodic across their borders
+    when the periods are whole pixels (hex ones vertically only for even ``n_cells``). Peaks are Gaussian (sigma as in :class:`SimParams`) of height 1 for an A column (``b_weight``
+    for a perovskite B column) on a flat ``background`` (0 = vacuum). Units: pixels, degrees.
+    """
+    if lattice not in LATTICES:
+        raise ConfigError(f"lattice must be one of {LATTICES}, got {lattice!r}")
+    if int(n_cells) < 1:
+        raise ConfigError("n_cells must be >= 1")
+    p2 = (1.4 * period_px if period2_px is None else period2_px) if lattice == "rect" else period_px
+    if lattice == "hex":  # n_cells rows of columns, sqrt(3)/2 periods apart
+        rows = int(round(n_cells * period_px * math.sqrt(3.0) / 2.0))
+    else:
+        rows = int(round(n_cells * p2))
+    cols = int(round(n_cells * period_px))
+    p = SimParams(
+        lattice=lattice,
+        shape=(rows, cols),
+        period_px=period_px,
+        period2_px=period2_px,
+        angle_deg=angle_deg,
+        origin=(p2 / 2.0 if lattice != "hex" else period_px * math.sqrt(3.0) / 4.0, period_px / 2.0),
+        probe_sigma_px=probe_sigma_px,
+        b_weight=b_weight,
+        dose=1.0,
+        background=background,
+        background_slow=0.0,
+        scan_jitter_px=0.0,
+        tear_rate=0.0,
+        noise=False,
+    )
+    return simulate(p).truth
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------------------------
+def _write_tif(path: Path, image: np.ndarray, pixel_size_pm: float | None, overwrite: bool) -> None:
+    meta = MicrographMeta(
+        source_dtype="float32",
+        pixel_size=pixel_size_pm,
+        unit="pm" if pixel_size_pm is not None else None,
+        path=str(path),
+        shape=(int(image.shape[0]), int(image.shape[1])),
+        extra={},
+    )
+    write_micrograph(path, np.asarray(image, dtype=np.float32), meta, dtype="float32", overwrite=overwrite)
+
+
+def save_simulation(result: SimResult, out_dir, stem: str, *, overwrite: bool = True) -> dict:
+    """Write ``{stem}.tif`` (noisy), ``{stem}_truth.tif``, ``{stem}_thickness.tif`` and ``{stem}.json``.
+
+    The JSON holds the parameters, column positions (row, col px), column weights, vacancies, heavy/light
+    indices, period, angle and pixel size. The images are float32 TIFFs carrying the pixel size (pm); each file
+    is written atomically, the JSON last, so a JSON on disk means a complete set. With ``overwrite=False`` an
+    existing file raises :class:`InputError`. Returns ``{"noisy", "truth", "thickness", "json"}`` -> paths.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise InputError(f"output folder {out} does not exist")
+    if not stem or "/" in stem or "\\" in stem:
+        raise InputError(f"bad file stem {stem!r}")
+    px = result.params.get("pixel_size_pm")
+    paths = {
+        "noisy": out / f"{stem}.tif",
+        "truth": out / f"{stem}_truth.tif",
+        "thickness": out / f"{stem}_thickness.tif",
+        "json": out / f"{stem}.json",
+    }
+    if not overwrite:
+        for path in paths.values():
+            if path.exists():
+                raise InputError(f"{path} exists; pass --overwrite to replace it")
+    _write_tif(paths["noisy"], result.noisy, px, overwrite)
+    _write_tif(paths["truth"], result.truth, px, overwrite)
+    _write_tif(paths["thickness"], result.thickness, px, overwrite)
+    doc = {
+        "kind": "stem-denoise-simulation",
+        "version": 1,
+        "files": {k: v.name for k, v in paths.items() if k != "json"},
+        "shape": [int(v) for v in result.noisy.shape],
+        "lattice": result.lattice,
+        "period_px": result.period_px,
+        "angle_deg": result.angle_deg,
+        "period2_px": result.period2_px,
+        "angle2_deg": result.angle2_deg,
+        "pixel_size_pm": px,
+        "params": result.params,
+        "columns": np.round(result.columns, 4).tolist(),
+        "column_weight": np.round(result.column_weight, 5).tolist(),
+        "vacancies": np.round(result.vacancies, 4).tolist(),
+        "heavy": result.heavy.tolist(),
+        "light": result.light.tolist(),
+    }
+    atomic_write_bytes(paths["json"], json.dumps(doc, separators=(",", ":")).encode("utf-8"), overwrite)
+    return paths
+
+
+def load_simulation(json_path) -> SimResult:
+    """Read back what :func:`save_simulation` wrote (the TIFFs are found next to the JSON)."""
+    path = Path(json_path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such simulation file")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable simulation JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "stem-denoise-simulation":
+        raise InputError(f"{path}: not a simulation JSON written by save_simulation")
+    try:
+        files = doc["files"]
+        images = {k: read_micrograph(path.parent / files[k], validate=False)[0]
+                  for k in ("noisy", "truth", "thickness")}
+
+        def arr(key, dtype, ncol=None):
+            a = np.asarray(doc[key], dtype=dtype)
+            if ncol is not None:
+                a = a.reshape(-1, ncol)
+            return a
+
+        return SimResult(
+            noisy=images["noisy"],
+            truth=images["truth"],
+            columns=arr("columns", np.float64, 2),
+            column_weight=arr("column_weight", np.float64),
+            vacancies=arr("vacancies", np.float64, 2),
+            heavy=arr("heavy", np.int64),
+            light=arr("light", np.int64),
+            thickness=images["thickness"],
+            period_px=float(doc["period_px"]),
+            angle_deg=float(doc["angle_deg"]),
+            params=doc["params"],
+            period2_px=float(doc.get("period2_px", doc["period_px"])),
+            angle2_deg=float(doc.get("angle2_deg", 0.0)),
+            lattice=str(doc.get("lattice", "square")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: incomplete simulation JSON ({exc})") from None
