@@ -782,6 +782,10 @@ def _simulation_companions(folder: Path) -> set[str]:
             for key in ("truth", "thickness"):
                 if isinstance(files.get(key), str):
                     skip.add(os.path.realpath(folder / files[key]))
+        elif isinstance(doc, dict) and doc.get("kind") == "stem-denoise-simulated-dataset":
+            syn = doc.get("synthetic_lattice") or {}
+            names = [syn.get("file"), *(syn.get("per_lattice") or {}).values()] if isinstance(syn, dict) else []
+            skip.update(os.path.realpath(folder / n) for n in names if isinstance(n, str))
     return skip
 
 
@@ -946,6 +950,11 @@ def prepare_dataset(
     if isinstance(micrograph_paths, (str, os.PathLike)):
         micrograph_paths = [micrograph_paths]
     paths = _list_inputs(micrograph_paths)
+    if isinstance(synthetic_path_or_array, (str, os.PathLike)):
+        syn_real = os.path.realpath(synthetic_path_or_array)
+        paths = [p for p in paths if os.path.realpath(p) != syn_real]
+        if not paths:
+            raise InputError("no micrographs left once the synthetic lattice image is set apart")
     out = Path(out_dir)
     _check_out_dir(out, cfg.overwrite)
     syn = _load_synthetic(synthetic_path_or_array, cfg)

@@ -212,3 +212,21 @@ def test_simulation_folders_skip_truth_maps(tmp_path):
                  "--quiet", "--no-preview"]) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert sorted(Path(m["source"]).name for m in man["micrographs"]) == ["s0.tif", "s1.tif"]
+
+
+def test_simulator_output_folder_skips_its_synthetic_lattices(tmp_path):
+    """A folder written by scripts/simulate.py holds synthetic_lattice*.tif beside the micrographs: they are the
+    clean domain, never domain-A micrographs."""
+    spec = importlib.util.spec_from_file_location("simulate_script", ROOT / "scripts" / "simulate.py")
+    simulate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(simulate_script)
+    sims = tmp_path / "sims"
+    assert simulate_script.main(["--out", str(sims), "--n", "2", "--size", "200", "--periods", "10,14",
+                                 "--doses", "40", "--lattices", "square", "--dents", "none"]) in (0, None)
+    assert (sims / "synthetic_lattice.tif").exists()
+    out = tmp_path / "DATA"
+    assert _run(["--micrographs", sims, "--synthetic", sims / "synthetic_lattice.tif", "--out", out,
+                 "--per-image", 4, "--test-frac", 0, "--quiet", "--no-preview"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    names = sorted(Path(m["source"]).name for m in man["micrographs"])
+    assert names == ["sim_0000.tif", "sim_0001.tif"]
