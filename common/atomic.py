@@ -113,3 +113,25 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None], o
     """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path, overwrite=overwrite) as tmp:
         writer(tmp)
+
+
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and its parents) if needed and check that it is writable.
+
+    Every failure the user can fix (a file in the way, no permission, a read-only file system) becomes an
+    :class:`InputError` naming the folder, instead of a traceback.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"output folder {path} cannot be created: a file is in the way") from None
+    except NotADirectoryError:
+        raise InputError(f"output folder {path} cannot be created: a parent is a file, not a folder") from None
+    except OSError as exc:
+        raise InputError(f"output folder {path} cannot be created: {exc.strerror or exc}") from None
+    if not path.is_dir():
+        raise InputError(f"output {path} is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {path} is not writable")
+    return path

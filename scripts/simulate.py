@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from common.atomic import atomic_write_bytes  # noqa: E402
+from common.atomic import atomic_write_bytes, make_output_dir  # noqa: E402
 from common.cli import run_main  # noqa: E402
 from common.errors import ConfigError, InputError  # noqa: E402
 from data_prep.io import MicrographMeta, write_micrograph  # noqa: E402
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         raise InputError(f"synthetic lattice: {exc}") from None
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     t_all = time.perf_counter()
     entries = []
     for item, p in zip(plan, params):

@@ -320,7 +320,6 @@ def _check_case(case: Case, before: dict, after: dict, res: C.Result, kept: dict
 # Cases that fail today because of a bug in a script, reported to its owner. strict=True: once the bug is fixed
 # the case passes, the xfail turns into a failure, and the entry must be deleted here.
 KNOWN_BUGS: dict[str, str] = {
-    "output_parent_is_a_file_simulate": "scripts/simulate.py: out.mkdir not guarded -> NotADirectoryError traceback",
     "output_parent_is_a_file_dip": "scripts/dip_denoise.py: out_dir.mkdir not guarded -> NotADirectoryError traceback",
     "output_parent_is_a_file_benchmark": "evaluation/benchmark.py run_benchmark: out_dir.mkdir not guarded",
     "output_exists_benchmark_report": "benchmark replaces results.md/figures without --overwrite when results.csv "
@@ -377,7 +376,6 @@ UNWRITABLE = [(s, "ro") for s in WRITERS if s != "prepare_data"] + [(s, "ro/sub"
 UNWRITABLE_BUGS = {
     "benchmark-ro": "evaluation/benchmark.py: (out_dir / 'figures').mkdir not guarded -> PermissionError traceback",
     "benchmark-ro/sub": "evaluation/benchmark.py: out_dir.mkdir not guarded -> PermissionError traceback",
-    "simulate-ro/sub": "scripts/simulate.py: out.mkdir not guarded -> PermissionError traceback",
     "dip_denoise-ro/sub": "scripts/dip_denoise.py: out_dir.mkdir not guarded -> PermissionError traceback",
 }
 
