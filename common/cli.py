@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable, Sequence
@@ -22,6 +23,13 @@ def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
     sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
     sys.stderr.flush()
     raise SystemExit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line (``error: ...; see --help``), exit 2."""
+
+    def error(self, message: str) -> "NoReturn":  # noqa: F821
+        fail(f"{message} (see {self.prog} --help)", 2)
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import run_main  # noqa: E402
+from common.cli import ArgumentParser, run_main  # noqa: E402
 from cyclegan.dashboard import (  # noqa: E402
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -31,7 +31,7 @@ from cyclegan.dashboard import (  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Start the visdom training dashboard (works offline).",
         epilog="Remote machine: keep --host 127.0.0.1 and tunnel: ssh -L 8097:127.0.0.1:8097 user@host",
     )

@@ -17,14 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import run_main  # noqa: E402
+from common.cli import ArgumentParser, run_main  # noqa: E402
 from common.errors import InputError  # noqa: E402
 from data_prep.io import list_micrographs, read_micrograph  # noqa: E402
 from data_prep.lattice import measure_lattice  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("images", nargs="+", help="micrograph files or folders")
     ap.add_argument("--frame", type=int, default=None, help="frame of a stack (0-based)")
     ap.add_argument("--rgb", action="store_true", help="accept RGB images (their luminance is used)")

@@ -15,11 +15,11 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import run_main  # noqa: E402
+from common.cli import ArgumentParser, run_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="prepare_data.py",
         description="Cut atom-counted training patches from micrographs (domain A) and from a synthetic "
                     "lattice image with the micrographs' orientation, intensity and dents (domain B).",

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from common.atomic import atomic_write_bytes, make_output_dir  # noqa: E402
-from common.cli import run_main  # noqa: E402
+from common.cli import ArgumentParser, run_main  # noqa: E402
 from common.errors import ConfigError, InputError  # noqa: E402
 from data_prep.io import MicrographMeta, write_micrograph  # noqa: E402
 from data_prep.simulate import DENT_SHAPES, LATTICES, SimParams, save_simulation, simulate, synthetic_lattice  # noqa: E402
@@ -61,7 +61,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (created if missing)")
     ap.add_argument("--n", type=int, default=12, help="number of micrographs (default 12)")
     ap.add_argument("--size", default="1024", help="micrograph size: N or HxW pixels (default 1024)")

@@ -107,3 +107,15 @@ def test_fail_prints_one_line(capsys):
     with pytest.raises(SystemExit) as info:
         fail("two\nlines", 5)
     assert info.value.code == 5 and capsys.readouterr().err == "error: two lines\n"
+
+
+def test_argument_parser_usage_error_is_one_line(capsys):
+    from common.cli import ArgumentParser
+
+    ap = ArgumentParser(prog="tool.py")
+    ap.add_argument("--n", type=int, required=True)
+    with pytest.raises(SystemExit) as exc:
+        ap.parse_args(["--n", "three"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "--n" in err and "tool.py --help" in err
