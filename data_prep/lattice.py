@@ -1,18 +1,20 @@
 """Measure the lattice period and orientation of an atomic-resolution micrograph from its Fourier transform.
 
 Method: the (centre-cropped, at most ``max_size`` square) image minus its mean is apodised with a 2-D Hann window
-and Fourier transformed with 2x zero padding. Bragg peaks are the local maxima of the power spectrum that stand
-far above a separable noise floor (the median power of each spectrum row times that of each column: this absorbs
-fast-scan-correlated noise and per-row offsets, whose power lies along the k_x = 0 line) and above a fraction of
-the strongest peak; slow features (dents, thickness ramps, background) live below a low-frequency cut of three
-Fourier bins. Each peak is located to sub-bin precision by a parabola through the log power. Every pair of strong
-peaks proposes a (Lagrange-reduced) reciprocal basis; a proposal must index the strong peaks, and the one whose
+and Fourier transformed with 2x zero padding. Bragg peaks are the local maxima of the power spectrum that stand far
+above a separable noise floor (the median power of each spectrum row times that of each column: this absorbs
+fast-scan-correlated noise and per-row offsets, whose power lies along the k_x = 0 line; capped at ten times the
+median, or the column's median along k_x = 0, so that the window leakage of a noise-free image, whose true floor is
+round-off, cannot bury the peaks it comes from) and above a fraction of the strongest peak; slow features (dents,
+thickness ramps, background) live below a low-frequency cut of three Fourier bins. Each peak is located to sub-bin
+precision by a parabola through the log power. Every pair of peaks among the strongest and the lowest-frequency
+ones proposes a (Lagrange-reduced) reciprocal basis; a proposal must index the strong peaks, and the one whose
 lattice is most *complete* (a significant peak at every predicted low-order point) wins, the smallest reciprocal
 cell among equally complete ones. A stray peak from a dent or a scan artefact never makes a complete lattice. A
 peak at half a basis vector that repeats across the lattice doubles the cell (a perovskite's A/B contrast, or
-first-order peaks of a large period below the search band). Finally the basis is fitted by weighted least
-squares to all indexed peaks, harmonics included, which gives a precision far below 1 % on the period. The
-real-space basis is the inverse of the reciprocal one. At least about four periods must fit across the crop.
+first-order peaks of a large period below the search band). Finally the basis is fitted by weighted least squares
+to all indexed peaks, harmonics included, which gives a precision far below 1 % on the period. The real-space basis
+is the inverse of the reciprocal one. At least about four periods must fit across the crop.
 
 Conventions (shared with :mod:`data_prep.simulate`): vectors are ``(row, col)`` in pixels with rows pointing
 down; an angle is measured counter-clockwise *as displayed* from the +x (column) axis, so a vector of length
@@ -113,8 +115,8 @@ def _prepare(image) -> np.ndarray:
         raise InputError(f"lattice measurement needs a 2-D image, got shape {arr.shape}")
     if arr.dtype.kind not in "uifb":
         raise InputError(f"lattice measurement needs a numeric image, got dtype {arr.dtype}")
-    if min(arr.shape) < 32:
-        raise InputError(f"image {arr.shape} is too small to measure a lattice (needs >= 32 x 32)")
+    if min(arr.shape) < 24:
+        raise InputError(f"image {arr.shape} is too small to measure a lattice (needs >= 24 x 24)")
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         raise InputError("image contains NaN or Inf values")
@@ -281,9 +283,14 @@ def measure_lattice(
     if med <= 0:
         med = float(np.mean(P)) or 1.0
     floor = np.outer(my, mx) / med
-    # away from the k_x = 0 band (per-row offsets) the floor cannot exceed 10 x the median: with little noise
-    # the rows and columns through strong Bragg peaks carry window leakage that would inflate a separable floor
-    floor = np.where(kx[None, :] * cw < 3.0, floor, np.minimum(floor, 10.0 * med))
+    # with little noise the rows and columns through strong Bragg peaks carry window leakage that inflates a
+    # separable floor (on a noise-free image the median is round-off, and a Bragg peak sharing its row and column
+    # with other peaks -- any axis-aligned lattice -- would sink far below its own floor). So away from the
+    # k_x = 0 band (per-row offsets) the floor cannot exceed 10 x the median, and inside that band, within the
+    # search band, 10 x its column's median (the row-offset power, spread over k_y, that the band is there for);
+    # below the search band (slow features) the separable floor stands
+    cap = np.where(kx[None, :] * cw >= 3.0, med, np.where(kmag >= k_lo, np.maximum(mx, med)[None, :], np.inf))
+    floor = np.minimum(floor, 10.0 * cap)
     floor = np.maximum(floor, 1e-300)
     S = P / floor
 
@@ -322,8 +329,13 @@ def measure_lattice(
 
     # basis: among pairs of strong in-band peaks, the reduced bases that index the strong peaks; keep the most
     # complete lattice (every predicted point shows a peak), and among equally complete ones the smallest
-    # reciprocal cell (the primitive cell); slow features give isolated peaks, never a complete lattice
-    inband = np.flatnonzero(pk_mag <= k_hi)[:10]
+    # reciprocal cell (the primitive cell); slow features give isolated peaks, never a complete lattice.
+    # The pairs come from the ten strongest in-band peaks and the six of lowest frequency: with sharp columns on
+    # a clean image many harmonics are about as strong as the first orders, and the first orders of a
+    # two-sublattice cell (weaker than those of its finer sublattice) would otherwise never be proposed
+    inband = np.flatnonzero(pk_mag <= k_hi)
+    lowest = inband[np.argsort(pk_mag[inband], kind="stable")[:6]]
+    inband = np.concatenate([inband[:10], np.setdiff1d(lowest, inband[:10])])
     strong = np.flatnonzero(power >= 0.1 * strongest)
     radius = float(pk_mag[strong].max())
     options = []

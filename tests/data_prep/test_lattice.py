@@ -152,6 +152,86 @@ def test_integer_images_and_the_clean_synthetic_lattice():
         assert m.period_px == pytest.approx(20.0, rel=1e-3) and m.angle_deg == pytest.approx(0.0, abs=0.01)
 
 
+# --- noise-free images: the spectrum's "noise floor" is round-off and window leakage, not noise ----------------
+_CLEAN_PERIODS = (6.0, 7.7, 9.5, 12.8, 17.3, 23.1, 31.0, 40.0)
+_CLEAN_ANGLES = (0.0, 17.0, 45.0, 90.0, 121.3)
+# what each type reports: a perovskite with unequal A and B columns is its a x a square cell
+_EXPECTED = {"square": "square", "rect": "rect", "hex": "hex", "perovskite": "square"}
+
+
+def _check_clean(m, lattice, period, angle, label, period2=None):
+    expect = _EXPECTED[lattice]
+    assert m.lattice == expect, (label, m)
+    assert abs(m.period_px / period - 1.0) <= 0.01, (label, m)
+    assert angle_difference(m.angle_deg, angle, expect) <= 0.5, (label, m)
+    assert 0.0 <= m.angle_deg < {"square": 90.0, "hex": 60.0}.get(expect, 180.0), (label, m)
+    step = 60.0 if expect == "hex" else 90.0  # a2 is the reported a1 turned counter-clockwise
+    assert angle_difference(m.angle2_deg, m.angle_deg + step, "rect") <= 0.5, (label, m)
+    if period2 is not None:
+        assert abs(m.period2_px / period2 - 1.0) <= 0.01, (label, m)
+
+
+@pytest.mark.parametrize("period", _CLEAN_PERIODS, ids=[f"p{p:g}" for p in _CLEAN_PERIODS])
+@pytest.mark.parametrize("lattice", ["square", "rect", "hex", "perovskite"])
+def test_clean_synthetic_lattices_period_1pc_angle_half_degree(lattice, period):
+    """Every lattice type, periods 6-40 px, 6-12 cells, several angles: period <= 1 %, angle <= 0.5 deg.
+
+    A noise-free image gives the significance test no noise to stand on; the measurement must still work (the
+    hex image of 6 rows of 6 px period is only 31 px tall).
+    """
+    i = _CLEAN_PERIODS.index(period)
+    for k in range(3):
+        n_cells = 6 + (i + 3 * k) % 7  # every count from 6 to 12 occurs, each period gets three different ones
+        angle = _CLEAN_ANGLES[(i + 2 * k) % len(_CLEAN_ANGLES)]
+        img = synthetic_lattice(lattice, period_px=period, n_cells=n_cells, angle_deg=angle)
+        m = measure_lattice(img)
+        _check_clean(m, lattice, period, angle, (n_cells, angle, img.shape),
+                     period2=1.4 * period if lattice == "rect" else None)
+
+
+def test_reported_clean_squares_measure():
+    """The clean squares once reported as 'fewer than two non-collinear Bragg peaks' and as 'oblique, 6.9 px'."""
+    for period, n_cells in ((17.3, 10), (12.8, 10), (40.0, 6)):
+        m = measure_lattice(synthetic_lattice("square", period_px=period, n_cells=n_cells))
+        _check_clean(m, "square", period, 0.0, (period, n_cells))
+
+
+@pytest.mark.parametrize(
+    "period,n_cells,angle,sigma,b_weight",
+    [
+        (10.2, 9, 90.0, 2.0, 0.7),  # broad columns, faint A/B contrast, cell axes along the scan: the first-order
+        (8.3, 10, 0.0, 1.2, 0.7),  # peaks of the a x a cell sit on the k_x = 0 line of the spectrum
+        (12.9, 12, 0.0, 2.3, 0.7),
+        (20.0, 12, 90.0, 0.94, 0.3),  # sharp columns: many harmonics as strong as the cell's first orders
+        (38.6, 10, 45.0, 2.06, 0.3),
+        (16.1, 12, 45.0, 0.94, 0.3),
+        (14.0, 8, 27.0, None, 0.7),
+        (24.0, 7, 63.0, None, 0.3),
+    ],
+)
+def test_clean_perovskite_reports_its_cell_whatever_the_column_shape(period, n_cells, angle, sigma, b_weight):
+    """A clean perovskite with unequal A and B columns is its a x a square cell, also through the prepare step's
+    call (normalised image, periods up to a crop size / 2.5 searched directly)."""
+    img = synthetic_lattice("perovskite", period_px=period, n_cells=n_cells, angle_deg=angle, probe_sigma_px=sigma,
+                            b_weight=b_weight)
+    _check_clean(measure_lattice(img), "perovskite", period, angle, "default")
+    x = (img - img.min()) / (img.max() - img.min())
+    _check_clean(measure_lattice(x, max_period_px=min(x.shape) / 2.5), "perovskite", period, angle, "max_period")
+
+
+def test_clean_lattices_in_other_units_and_dtypes():
+    """The same clean image as uint8, uint16, or float in counts on an offset measures the same."""
+    for lattice, period, n_cells, angle in (("square", 12.8, 10, 0.0), ("hex", 9.5, 8, 45.0),
+                                            ("rect", 7.7, 12, 90.0), ("perovskite", 17.3, 6, 17.0)):
+        img = synthetic_lattice(lattice, period_px=period, n_cells=n_cells, angle_deg=angle)
+        scaled = img / img.max()
+        for name, x in (("uint8", np.round(scaled * 255).astype(np.uint8)),
+                        ("uint16", np.round(scaled * 60000).astype(np.uint16)),
+                        ("counts", 1000.0 + 3e4 * img.astype(np.float64))):
+            _check_clean(measure_lattice(x), lattice, period, angle, (lattice, name),
+                         period2=1.4 * period if lattice == "rect" else None)
+
+
 @pytest.mark.parametrize(
     "image",
     [
