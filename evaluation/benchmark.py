@@ -1,0 +1,612 @@
+"""Benchmark engine: denoisers against simulated micrographs with known truth.
+
+A *case* is a noisy micrograph with its noise-free truth, the true column positions and vacancies (when known) and
+the lattice period. A *method* is any callable ``fn(noisy: np.ndarray, ctx: MethodContext) -> np.ndarray`` that
+returns an image of the same shape in the same units; the classical filters, the CycleGAN generator (stitched tiles,
+:func:`cyclegan.infer.denoise_array`) and the Deep Image Prior (:func:`dip_baseline.api.dip_denoise`) are plugged in
+through small adapters that import their packages only when used. Every output is scored with
+:func:`evaluation.metrics.evaluate` and timed; :func:`run_benchmark` writes ``results.csv``, ``results.md``, one
+figure panel per case and the PSNR- and hallucination-versus-dose plots (:mod:`evaluation.report`).
+
+Methods see what a microscopist would have: the noisy image, the lattice period *measured* on it
+(:func:`data_prep.lattice.measure_lattice`; the true period only if the measurement fails, noted in the results),
+and the detector gain and read noise that the simulator records. Only methods marked ``oracle`` (the Gaussian with
+the PSNR-best sigma) may read ``ctx.truth``; their rows say so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from common.errors import ConfigError, InputError
+from evaluation import filters
+from evaluation.metrics import ColumnMatch, ColumnTruth, evaluate, match_to_truth, visible_columns
+
+DEFAULT_DOSES = (2.0, 5.0, 10.0, 20.0)
+DEFAULT_LATTICES = ("square", "hex", "perovskite")
+QUICK_DOSES = (5.0, 20.0)
+QUICK_LATTICES = ("square", "hex")
+QUICK_SIZE = 128
+QUICK_DIP_STEPS = 400
+PERIODS = (12.8, 11.0, 14.5)  # cycled over the cases: models must cope with more than one zoom
+CLASSICAL = ("noisy", "gaussian_oracle", "median", "nlm", "bm3d", "bragg")
+LEARNED = ("cyclegan", "dip")
+ALL_METHODS = CLASSICAL + LEARNED
+
+
+# ------------------------------------------------------------------------------------------------ cases
+
+@dataclass
+class Case:
+    """One test micrograph: ``noisy`` and ``truth`` float32 (H, W) in the same units; ``columns`` the known columns
+    (None when only a truth image is known), restricted to those the finder sees in the truth
+    (``hidden_columns``: how many true columns were too faint even there, see
+    :func:`evaluation.metrics.visible_columns`); ``period_px`` the true period; ``dose`` counts at a column peak
+    (None when unknown); ``gain``/``read_sigma`` of the detector (None: the filters estimate them)."""
+
+    name: str
+    noisy: np.ndarray
+    truth: np.ndarray
+    period_px: float
+    columns: ColumnTruth | None = None
+    dose: float | None = None
+    lattice: str = ""
+    pixel_size_pm: float | None = None
+    gain: float | None = None
+    read_sigma: float | None = None
+    source: str = "simulated"
+    vacancies_known: bool = True
+    hidden_columns: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.noisy.shape)
+
+
+@dataclass
+class CaseSpec:
+    """Parameters of one simulated test case (see :class:`data_prep.simulate.SimParams`)."""
+
+    name: str
+    lattice: str
+    dose: float
+    size: int
+    period_px: float = 12.8
+    angle_deg: float = 0.0
+    seed: int = 0
+    vacancy_frac: float = 0.03
+    heavy_frac: float = 0.05
+    light_frac: float = 0.05
+    dents: int = 2
+
+
+def default_specs(*, quick: bool = False, doses: Sequence[float] | None = None,
+                  lattices: Sequence[str] | None = None, size: int | None = None, n_large: int | None = None,
+                  large_size: int = 2048, seed: int = 0) -> list[CaseSpec]:
+    """The benchmark's test set: every lattice at every dose (``size`` px square), with vacancies (3 %), heavier
+    and lighter columns (5 % each) and two random dents, periods cycling through 12.8, 11 and 14.5 px and random
+    angles; plus ``n_large`` micrographs of ``large_size`` px for the stitched path. ``quick``: square and hex at
+    doses 5 and 20, 128 px, no large ones."""
+    doses = tuple(doses) if doses else (QUICK_DOSES if quick else DEFAULT_DOSES)
+    lattices = tuple(lattices) if lattices else (QUICK_LATTICES if quick else DEFAULT_LATTICES)
+    size = int(size) if size else (QUICK_SIZE if quick else 384)
+    n_large = (0 if quick else 2) if n_large is None else int(n_large)
+    rng = np.random.default_rng(seed)
+    specs = []
+    k = 0
+    for lattice in lattices:
+        for dose in doses:
+            specs.append(CaseSpec(f"{lattice}_d{_fmt_dose(dose)}_{size}", lattice, float(dose), size,
+                                  PERIODS[k % len(PERIODS)], float(rng.uniform(0, 90)), seed * 1000 + k))
+            k += 1
+    for i in range(n_large):
+        lattice = lattices[i % len(lattices)]
+        dose = doses[min(len(doses) - 1, 1 + i) if len(doses) > 1 else 0]
+        specs.append(CaseSpec(f"{lattice}_d{_fmt_dose(dose)}_{large_size}", lattice, float(dose), int(large_size),
+                              12.8, float(rng.uniform(0, 90)), seed * 1000 + k, dents=3))
+        k += 1
+    return specs
+
+
+def _fmt_dose(dose: float | None) -> str:
+    if dose is None:
+        return "na"
+    return f"{dose:g}".replace(".", "p")
+
+
+def simulate_case(spec: CaseSpec) -> Case:
+    """Simulate ``spec`` with :func:`data_prep.simulate.simulate` (default detector model: correlated noise, row
+    offsets, read noise, quantisation) and return it as a :class:`Case`."""
+    from data_prep.simulate import simulate
+
+    res = simulate(lattice=spec.lattice, shape=(spec.size, spec.size), period_px=spec.period_px,
+                   angle_deg=spec.angle_deg, dose=spec.dose, vacancy_frac=spec.vacancy_frac,
+                   heavy_frac=spec.heavy_frac, light_frac=spec.light_frac, dents=spec.dents, seed=spec.seed)
+    return case_from_simulation(res, spec.name)
+
+
+def case_from_simulation(res, name: str, source: str = "simulated") -> Case:
+    """A :class:`Case` from a :class:`data_prep.simulate.SimResult`."""
+    params = dict(res.params)
+    pixel = params.get("pixel_size_pm")
+    gain = params.get("gain")
+    read = params.get("read_noise")
+    cols = ColumnTruth(res.columns, res.vacancies, float(res.period_px), pixel, res.heavy, res.light)
+    cols, hidden = visible_columns(res.truth, cols)
+    return Case(name=name, noisy=np.asarray(res.noisy, dtype=np.float32), truth=np.asarray(res.truth, np.float32),
+                period_px=float(res.period_px), columns=cols, dose=params.get("dose"),
+                lattice=str(params.get("lattice", getattr(res, "lattice", ""))), pixel_size_pm=pixel,
+                gain=float(gain) if gain else None,
+                read_sigma=float(read) * float(gain) if read is not None and gain else None, source=source,
+                hidden_columns=hidden)
+
+
+_AUX_SUFFIXES = ("_truth", "_thickness")
+
+
+def load_cases(data_dir: str | os.PathLike) -> list[Case]:
+    """Cases from a folder: every ``*.json`` written by :func:`data_prep.simulate.save_simulation` (full column
+    truth), and every other image with a ``{stem}_truth.tif`` beside it (truth image only: the reference columns
+    are those :func:`common.columns.find_columns` finds in the truth, vacancies are unknown, so hallucinations are
+    not scored; the period is measured on the truth)."""
+    from data_prep.simulate import load_simulation
+
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise InputError(f"--data {folder}: not a folder")
+    cases: list[Case] = []
+    covered: set[str] = set()
+    for js in sorted(folder.glob("*.json")):
+        try:
+            kind = json.loads(js.read_text(encoding="utf-8")).get("kind")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            kind = None
+        if kind != "stem-denoise-simulation":
+            continue  # another JSON (a manifest, a record): not a test case
+        res = load_simulation(js)
+        cases.append(case_from_simulation(res, js.stem, source=str(js)))
+        covered.add(js.stem)
+    exts = {".tif", ".tiff", ".png", ".npy", ".dm3", ".dm4", ".emd"}
+    for img_path in sorted(p for p in folder.iterdir() if p.suffix.lower() in exts):
+        stem = img_path.stem
+        if stem in covered or stem.endswith(_AUX_SUFFIXES):
+            continue
+        truth_path = next((folder / f"{stem}_truth{ext}" for ext in (".tif", ".tiff")
+                           if (folder / f"{stem}_truth{ext}").exists()), None)
+        if truth_path is None:
+            continue
+        cases.append(_case_from_images(img_path, truth_path))
+    if not cases:
+        raise InputError(f"--data {folder}: no simulation records (*.json) and no image with a *_truth.tif beside it")
+    return cases
+
+
+def _case_from_images(img_path: Path, truth_path: Path) -> Case:
+    from common.columns import find_columns
+    from data_prep.io import read_micrograph
+    from data_prep.lattice import measure_lattice
+
+    noisy, meta = read_micrograph(img_path)
+    truth, _ = read_micrograph(truth_path)
+    if noisy.shape != truth.shape:
+        raise InputError(f"{img_path} {noisy.shape} and {truth_path} {truth.shape} differ in shape")
+    period = float(measure_lattice(truth).period_px)
+    pixel_pm = _pixel_size_pm(meta)
+    cols = ColumnTruth(find_columns(truth, period), np.zeros((0, 2)), period, pixel_pm)
+    return Case(name=img_path.stem, noisy=np.asarray(noisy, np.float32), truth=np.asarray(truth, np.float32),
+                period_px=period, columns=cols, pixel_size_pm=pixel_pm, source=str(img_path), vacancies_known=False)
+
+
+def _pixel_size_pm(meta) -> float | None:
+    try:
+        size = meta.pixel_size_in("pm")
+    except (AttributeError, InputError):
+        return None
+    return float(size) if size else None
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+@dataclass
+class MethodContext:
+    """What a method may know about the case besides the noisy image. ``period_px`` is measured on the noisy image;
+    ``truth`` is for oracle methods only; a method may record notes (JSON-able) in ``notes``."""
+
+    case_name: str
+    period_px: float
+    pixel_size_pm: float | None = None
+    dose: float | None = None
+    gain: float | None = None
+    read_sigma: float | None = None
+    seed: int = 0
+    truth: np.ndarray | None = None
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """A denoiser to benchmark: ``fn(noisy, ctx) -> output``; ``label`` for tables; ``oracle`` if it reads the
+    truth; ``max_pixels``: cases larger than this are skipped for this method (None: no limit); ``lattices``: run
+    only on cases of these lattices (None: all)."""
+
+    name: str
+    fn: Callable[[np.ndarray, MethodContext], np.ndarray]
+    label: str
+    oracle: bool = False
+    max_pixels: int | None = None
+    lattices: tuple[str, ...] | None = None
+
+
+def _noisy(noisy, ctx):
+    return np.asarray(noisy, dtype=np.float32).copy()
+
+
+def _gaussian_oracle(noisy, ctx):
+    out, sigma = filters.gaussian_oracle(noisy, ctx.truth)
+    ctx.notes["sigma_px"] = round(sigma, 3)
+    return out
+
+
+def _median(noisy, ctx):
+    size = filters.median_size(ctx.period_px)
+    ctx.notes["size_px"] = size
+    return filters.median_denoise(noisy, size)
+
+
+def _nlm(noisy, ctx):
+    return filters.nlm_denoise(noisy, ctx.period_px, gain=ctx.gain, read_sigma=ctx.read_sigma)
+
+
+def _bm3d(noisy, ctx):
+    return filters.bm3d_denoise(noisy, gain=ctx.gain, read_sigma=ctx.read_sigma)
+
+
+def _bragg(noisy, ctx):
+    return filters.bragg_filter(noisy, ctx.period_px)
+
+
+def classical_methods() -> dict[str, Method]:
+    """The classical filters (and the noisy input as reference), keyed by name."""
+    return {
+        "noisy": Method("noisy", _noisy, "noisy input"),
+        "gaussian_oracle": Method("gaussian_oracle", _gaussian_oracle, "Gaussian (oracle sigma)", oracle=True),
+        "median": Method("median", _median, "median"),
+        "nlm": Method("nlm", _nlm, "NLM (Anscombe)"),
+        "bm3d": Method("bm3d", _bm3d, "BM3D (Anscombe)"),
+        "bragg": Method("bragg", _bragg, "Bragg filter"),
+    }
+
+
+def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None, tta: bool = False,
+                    batch_size: int = 8) -> Method:
+    """The CycleGAN generator export at ``checkpoint``, run over stitched tiles by
+    :func:`cyclegan.infer.denoise_array` with the period measured on each micrograph."""
+    from cyclegan.checkpoint import load_generator
+    from cyclegan.infer import denoise_array
+
+    generator, info = load_generator(checkpoint)
+    try:  # measure the receptive field (tile plan) once now, so that it is not timed as part of the first case
+        from cyclegan.infer import pick_device, plan_tiles
+
+        plan_tiles(generator, device=pick_device(device or "auto"))
+    except (ImportError, TypeError):
+        pass
+
+    def fn(noisy, ctx):
+        stats: dict = {}
+        out = denoise_array(noisy, generator, info, period_px=ctx.period_px, tta=tta, batch_size=batch_size,
+                            device=device or "auto", stats=stats)
+        if "scale" in stats:
+            ctx.notes["scale"] = round(float(stats["scale"]), 4)
+        if "n_tiles" in stats:
+            ctx.notes["n_tiles"] = int(stats["n_tiles"])
+        return out
+
+    label = "CycleGAN (stitched" + (", TTA)" if tta else ")")
+    return Method("cyclegan", fn, label)
+
+
+def dip_method(*, preset: str | None = None, max_steps: int | None = None, device: str | None = None,
+               max_pixels: int | None = None, lattices: Sequence[str] | None = None) -> Method:
+    """Deep Image Prior (:func:`dip_baseline.api.dip_denoise`, automatic stop, no truth), default preset unless
+    ``preset`` is given; ``max_steps`` caps the optimisation."""
+    from dip_baseline.api import dip_denoise
+
+    def fn(noisy, ctx):
+        kwargs = {"stop": "auto", "seed": ctx.seed, "progress": False}
+        if preset:
+            kwargs["preset"] = preset
+        if max_steps:
+            kwargs["max_steps"] = int(max_steps)
+        if device:
+            kwargs["device"] = device
+        out, record = dip_denoise(np.asarray(noisy, dtype=np.float32), **kwargs)
+        if isinstance(record, dict):
+            for key in ("preset", "stop_step", "steps_run", "auto_stop_fired"):
+                if key in record and isinstance(record[key], (int, float, str)):
+                    ctx.notes[key] = record[key]
+        return out
+
+    label = "DIP (auto stop" + (f", {preset})" if preset else ")")
+    return Method("dip", fn, label, max_pixels=max_pixels, lattices=tuple(lattices) if lattices else None)
+
+
+# ------------------------------------------------------------------------------------------------ config / run
+
+@dataclass
+class BenchConfig:
+    """Benchmark settings (validated by :meth:`validate`). ``methods``: names to run (default: all available);
+    ``dip_max_size``: DIP is skipped on micrographs with more than ``dip_max_size**2`` pixels (it optimises a
+    network per image: hours for 2048^2 on a CPU); ``dip_lattices``: DIP only on cases of these lattices (default
+    all; ``quick``: the first lattice only, at most 400 steps)."""
+
+    out_dir: Path
+    quick: bool = False
+    data_dir: Path | None = None
+    doses: tuple[float, ...] | None = None
+    lattices: tuple[str, ...] | None = None
+    size: int | None = None
+    n_large: int | None = None
+    large_size: int = 2048
+    seed: int = 0
+    checkpoint: Path | None = None
+    tta: bool = False
+    dip: bool = True
+    dip_preset: str | None = None
+    dip_max_steps: int | None = None
+    dip_max_size: int = 1024
+    dip_lattices: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    device: str | None = None
+    save_outputs: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.doses is not None:
+            if not self.doses or any(not (math.isfinite(d) and d > 0) for d in self.doses):
+                raise ConfigError(f"doses must be positive numbers, got {self.doses}")
+        if self.lattices is not None:
+            bad = [x for x in self.lattices if x not in ("square", "rect", "hex", "perovskite")]
+            if bad or not self.lattices:
+                raise ConfigError(f"unknown lattice(s) {bad}; choose from square, rect, hex, perovskite")
+        if self.size is not None and not (32 <= int(self.size) <= 16384):
+            raise ConfigError(f"size must be between 32 and 16384 px, got {self.size}")
+        if self.n_large is not None and int(self.n_large) < 0:
+            raise ConfigError(f"the number of large micrographs must be >= 0, got {self.n_large}")
+        if not (256 <= int(self.large_size) <= 16384):
+            raise ConfigError(f"large size must be between 256 and 16384 px, got {self.large_size}")
+        if self.methods is not None:
+            bad = [m for m in self.methods if m not in ALL_METHODS]
+            if bad:
+                raise ConfigError(f"unknown method(s) {bad}; choose from {', '.join(ALL_METHODS)}")
+        if self.dip_lattices is not None:
+            bad = [x for x in self.dip_lattices if x not in ("square", "rect", "hex", "perovskite")]
+            if bad or not self.dip_lattices:
+                raise ConfigError(f"unknown DIP lattice(s) {bad}; choose from square, rect, hex, perovskite")
+        if self.dip_max_steps is not None and int(self.dip_max_steps) < 1:
+            raise ConfigError(f"DIP steps must be >= 1, got {self.dip_max_steps}")
+        if int(self.dip_max_size) < 16:
+            raise ConfigError(f"dip_max_size must be >= 16 px, got {self.dip_max_size}")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise InputError(f"--checkpoint {self.checkpoint}: no such file")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise InputError(f"--data {self.data_dir}: not a folder")
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict]
+    skipped: list[str]
+    paths: dict
+    errors: list[str]
+
+
+def build_methods(cfg: BenchConfig) -> tuple[list[Method], list[str]]:
+    """The methods to run and a list of ``"name: reason"`` for the ones left out."""
+    wanted = list(cfg.methods) if cfg.methods else list(ALL_METHODS)
+    methods: list[Method] = []
+    skipped: list[str] = []
+    classical = classical_methods()
+    for name in wanted:
+        if name in classical:
+            if name == "bm3d" and not filters.bm3d_available():
+                skipped.append("bm3d: the optional 'bm3d' package is not installed (non-commercial licence)")
+                continue
+            methods.append(classical[name])
+        elif name == "cyclegan":
+            if cfg.checkpoint is None:
+                skipped.append("cyclegan: no --checkpoint given")
+                continue
+            methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta))
+        elif name == "dip":
+            if not cfg.dip:
+                skipped.append("dip: disabled (--no-dip)")
+                continue
+            try:
+                steps = cfg.dip_max_steps or (QUICK_DIP_STEPS if cfg.quick else None)
+                first = (cfg.lattices or QUICK_LATTICES)[:1]
+                only = cfg.dip_lattices or (first if cfg.quick and cfg.data_dir is None else None)
+                methods.append(dip_method(preset=cfg.dip_preset, max_steps=steps, device=cfg.device,
+                                          max_pixels=int(cfg.dip_max_size) ** 2, lattices=only))
+            except ImportError as exc:
+                skipped.append(f"dip: dip_baseline.api is not available ({exc})")
+    return methods, skipped
+
+
+def _measured_period(case: Case) -> tuple[float, str]:
+    try:
+        from data_prep.lattice import measure_lattice
+
+        return float(measure_lattice(case.noisy).period_px), "measured"
+    except (ImportError, InputError):
+        return float(case.period_px), "true (measurement failed)"
+
+
+def run_case(case: Case, methods: Sequence[Method], *, seed: int = 0, on_method=None, after_method=None
+             ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, ColumnMatch], list[str], list[str]]:
+    """Run every method on one case; returns ``(rows, outputs, matches, skipped, errors)``.
+
+    A method that raises is recorded in ``errors`` (with its traceback's last line) and the others still run.
+    ``on_method(case, method)`` / ``after_method(case, method)`` are called before / after each method (progress).
+    """
+    period, period_src = _measured_period(case)
+    rows, outputs, matches, skipped, errors = [], {}, {}, [], []
+    for m in methods:
+        if on_method is not None:
+            on_method(case, m)
+        try:
+            _run_one(case, m, period, period_src, seed, rows, outputs, matches, skipped, errors)
+        finally:
+            if after_method is not None:
+                after_method(case, m)
+    return rows, outputs, matches, skipped, errors
+
+
+def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, rows: list, outputs: dict,
+             matches: dict, skipped: list, errors: list) -> None:
+    """Run one method on one case, score it, and append to the lists/dicts of :func:`run_case`."""
+    from common.columns import find_columns
+
+    h, w = case.shape
+    if m.max_pixels is not None and h * w > m.max_pixels:
+        skipped.append(f"{m.name} on {case.name}: {h}x{w} px is above its size limit")
+        return
+    if m.lattices is not None and case.lattice not in m.lattices:
+        skipped.append(f"{m.name} on {case.name}: runs on {', '.join(m.lattices)} cases only")
+        return
+    ctx = MethodContext(case.name, period, case.pixel_size_pm, case.dose, case.gain, case.read_sigma, seed,
+                        truth=case.truth if m.oracle else None)
+    t0 = time.perf_counter()
+    try:
+        out = m.fn(case.noisy, ctx)
+    except filters.FilterUnavailable as exc:
+        skipped.append(f"{m.name}: {exc}")
+        return
+    except Exception as exc:  # one broken method must not sink the benchmark: record it and go on
+        errors.append(f"{m.name} on {case.name}: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        return
+    elapsed = time.perf_counter() - t0
+    out = np.asarray(out, dtype=np.float32)
+    if out.shape != case.shape or not np.all(np.isfinite(out)):
+        errors.append(f"{m.name} on {case.name}: output of shape {out.shape} is not a finite image of shape "
+                      f"{case.shape}")
+        return
+    match = None
+    if case.columns is not None:
+        match = match_to_truth(find_columns(out, case.columns.period_px), case.columns, case.shape,
+                               output=out, truth_image=case.truth)
+        matches[m.name] = match
+    metrics = evaluate(out, case.truth, case.columns, match=match)
+    if case.columns is not None and not case.vacancies_known:
+        metrics["hallucinations"] = float("nan")  # vacancies unknown for truth-image-only data
+        metrics["halluc_intensity"] = float("nan")
+        metrics["halluc_peak"] = float("nan")
+    row = {
+        "case": case.name, "lattice": case.lattice, "dose": case.dose if case.dose is not None else float("nan"),
+        "height": h, "width": w, "method": m.name, "label": m.label, "oracle": m.oracle,
+        "time_s": elapsed, "mpix_per_s": (h * w / 1e6) / elapsed if elapsed > 0 else float("inf"),
+        "period_px": period, "period_source": period_src,
+    }
+    row.update(metrics)
+    row["notes"] = json.dumps(ctx.notes, sort_keys=True) if ctx.notes else ""
+    rows.append(row)
+    outputs[m.name] = out
+
+
+def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
+    """Build or load the test set, run every method on every case, score and write the report files.
+
+    Writes into ``cfg.out_dir``: ``results.csv``, ``results.md``, ``figures/<case>.png``, ``psnr_vs_dose.png``,
+    ``hallucinations_vs_dose.png`` (and ``outputs/<case>/<method>.tif`` with ``save_outputs``).
+    """
+    from tqdm import tqdm
+
+    from evaluation import report
+
+    cfg.validate()
+    out_dir = Path(cfg.out_dir)
+    csv_path = out_dir / "results.csv"
+    if csv_path.exists() and not cfg.overwrite:
+        raise InputError(f"{csv_path} exists; pass --overwrite to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "figures").mkdir(exist_ok=True)
+
+    methods, skipped = build_methods(cfg)
+    if not methods:
+        raise InputError("no method to run")
+    for s in skipped:
+        log(f"skipped {s}")
+    if cfg.data_dir is not None:
+        cases_iter = [(c.name, (lambda c=c: c)) for c in load_cases(cfg.data_dir)]
+    else:
+        specs = default_specs(quick=cfg.quick, doses=cfg.doses, lattices=cfg.lattices, size=cfg.size,
+                              n_large=cfg.n_large, large_size=cfg.large_size, seed=cfg.seed)
+        cases_iter = [(s.name, (lambda s=s: simulate_case(s))) for s in specs]
+    log(f"{len(cases_iter)} cases x {len(methods)} methods: {', '.join(m.name for m in methods)}")
+
+    rows: list[dict] = []
+    errors: list[str] = []
+    figures: list[str] = []
+    bar = tqdm(total=len(cases_iter) * len(methods), desc="benchmark", unit="run", disable=not cfg.progress,
+               dynamic_ncols=True)
+
+    def on_method(case, m):
+        bar.set_postfix_str(f"{case.name} {m.name}")
+
+    for name, make in cases_iter:
+        case = make()
+        case_rows, outputs, matches, case_skipped, case_errors = run_case(
+            case, methods, seed=cfg.seed, on_method=on_method, after_method=lambda c, m: bar.update(1))
+        rows.extend(case_rows)
+        skipped.extend(case_skipped)
+        errors.extend(case_errors)
+        for e in case_errors:
+            log(f"error: {e}")
+        fig_path = out_dir / "figures" / f"{case.name}.png"
+        report.case_panel(case, outputs, matches, case_rows, fig_path)
+        figures.append(str(fig_path))
+        if cfg.save_outputs:
+            _save_outputs(out_dir / "outputs" / case.name, outputs)
+    bar.close()
+
+    report.write_csv(rows, csv_path)
+    md_path = out_dir / "results.md"
+    report.write_markdown(rows, md_path, skipped=skipped, errors=errors, config=_config_summary(cfg))
+    psnr_plot = out_dir / "psnr_vs_dose.png"
+    halluc_plot = out_dir / "hallucinations_vs_dose.png"
+    report.dose_plot(rows, "psnr", psnr_plot, ylabel="PSNR (dB)")
+    report.dose_plot(rows, "halluc_frac", halluc_plot, ylabel="filled vacancies (% of vacancies)")
+    paths = {"csv": str(csv_path), "markdown": str(md_path), "figures": figures, "psnr_plot": str(psnr_plot),
+             "hallucination_plot": str(halluc_plot)}
+    return BenchResult(rows=rows, skipped=skipped, paths=paths, errors=errors)
+
+
+def _config_summary(cfg: BenchConfig) -> dict:
+    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    d.pop("out_dir", None)
+    d.pop("progress", None)
+    d.pop("overwrite", None)
+    return d
+
+
+def _save_outputs(folder: Path, outputs: dict[str, np.ndarray]) -> None:
+    import tifffile
+
+    from common.atomic import atomic_write_with
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, img in outputs.items():
+        atomic_write_with(folder / f"{name}.tif",
+                          lambda tmp, img=img: tifffile.imwrite(tmp, np.asarray(img, np.float32)))
