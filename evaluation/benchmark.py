@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from common.atomic import make_output_dir
 from common.errors import ConfigError, InputError
 from evaluation import filters
 from evaluation.metrics import ColumnMatch, ColumnTruth, evaluate, match_to_truth, visible_columns
@@ -537,11 +538,13 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
 
     cfg.validate()
     out_dir = Path(cfg.out_dir)
-    csv_path = out_dir / "results.csv"
-    if csv_path.exists() and not cfg.overwrite:
-        raise InputError(f"{csv_path} exists; pass --overwrite to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "figures").mkdir(exist_ok=True)
+    if not cfg.overwrite:
+        for name in ("results.csv", "results.md", "psnr_vs_dose.png", "hallucinations_vs_dose.png", "figures",
+                     "outputs"):
+            if (out_dir / name).exists():
+                raise InputError(f"{out_dir / name} exists; pass --overwrite to replace the results in {out_dir}")
+    make_output_dir(out_dir)
+    make_output_dir(out_dir / "figures")
 
     methods, skipped = build_methods(cfg)
     if not methods:
@@ -581,6 +584,7 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
             _save_outputs(out_dir / "outputs" / case.name, outputs)
     bar.close()
 
+    csv_path = out_dir / "results.csv"
     report.write_csv(rows, csv_path)
     md_path = out_dir / "results.md"
     report.write_markdown(rows, md_path, skipped=skipped, errors=errors, config=_config_summary(cfg))

@@ -321,9 +321,6 @@ def _check_case(case: Case, before: dict, after: dict, res: C.Result, kept: dict
 # the case passes, the xfail turns into a failure, and the entry must be deleted here.
 KNOWN_BUGS: dict[str, str] = {
     "output_parent_is_a_file_dip": "scripts/dip_denoise.py: out_dir.mkdir not guarded -> NotADirectoryError traceback",
-    "output_parent_is_a_file_benchmark": "evaluation/benchmark.py run_benchmark: out_dir.mkdir not guarded",
-    "output_exists_benchmark_report": "benchmark replaces results.md/figures without --overwrite when results.csv "
-                                      "is absent",
     "output_exists_train_config": "train replaces an existing config.json (and appends to log.jsonl) in an --out "
                                   "folder without a checkpoint",
 }
@@ -374,8 +371,6 @@ WRITERS = ["simulate", "prepare_data", "train_cyclegan", "denoise", "dip_denoise
 # rather than written into; for it only the "ro/sub" case applies.
 UNWRITABLE = [(s, "ro") for s in WRITERS if s != "prepare_data"] + [(s, "ro/sub") for s in WRITERS]
 UNWRITABLE_BUGS = {
-    "benchmark-ro": "evaluation/benchmark.py: (out_dir / 'figures').mkdir not guarded -> PermissionError traceback",
-    "benchmark-ro/sub": "evaluation/benchmark.py: out_dir.mkdir not guarded -> PermissionError traceback",
     "dip_denoise-ro/sub": "scripts/dip_denoise.py: out_dir.mkdir not guarded -> PermissionError traceback",
 }
 
