@@ -1,0 +1,568 @@
+"""CycleGAN training loop: one file, read top to bottom.
+
+``train(cfg, data_dir, out_dir)`` trains G: A -> B (noisy micrograph -> clean lattice) and F: B -> A on the unpaired
+patch folders ``DATA/trainA``, ``DATA/trainB`` and writes into ``out_dir``:
+
+* ``config.json``: the resolved configuration;
+* ``log.jsonl``: every logged number (through :class:`cyclegan.dashboard.Dashboard`, which also plots on visdom);
+* ``last.pt`` (and ``previous.pt``): training checkpoints holding the four networks, both optimisers, both LR
+  schedulers, the AMP scalers, every rank's image pools and RNG states, the step and the config -- written
+  atomically, loaded with ``weights_only=True``;
+* ``generator.pt``: the generator-only export that inference loads (:func:`cyclegan.checkpoint.load_generator`).
+
+Losses per step (all L1 terms are means over pixels):
+``L_G = lsgan(D_B(G(a)), 1) + lsgan(D_A(F(b)), 1) + lambda_cycle * (|F(G(a)) - a| + |G(F(b)) - b|)
++ lambda_cycle * lambda_identity * (|F(a) - a| + |G(b) - b|) + lambda_lowfreq * (|blur(G(a)) - blur(a)|
++ |blur(F(b)) - blur(b)|)`` and ``L_D = sum over domains of 0.5 * (lsgan(D(real), 1) + lsgan(D(pool(fake)), 0))``.
+Adam (lr 2e-4, betas 0.5/0.999), LR constant for ``decay_start * steps`` steps then linear to zero.
+
+Exact resume: the data order is a pure function of (seed, step, rank) (:mod:`cyclegan.data`); the image pools draw
+from their own seeded generators; nothing else is random after initialisation. A run killed at any point and
+resumed with ``resume=True`` therefore reaches the same weights, bit for bit on CPU, as one that never stopped.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) each of the four networks is wrapped in its own
+DistributedDataParallel (nccl on GPU, gloo on CPU); every rank draws its own share of each step's samples and
+keeps its own image pools and RNG streams; rank 0 alone logs and writes checkpoints (it gathers the other
+ranks' pools and RNG states into the checkpoint). In the generator step the discriminators run unwrapped with
+their parameters frozen, so only G and F synchronise gradients there; in the discriminator step only D_A and D_B
+run (on detached fakes). Every parameter of a wrapped network is used in each of its backward passes, so
+``find_unused_parameters`` stays off.
+
+Mixed precision on CUDA: bf16 autocast where supported (fp16 with GradScaler otherwise) and channels_last;
+float32 on CPU. The residual add of the generator and every loss are computed in float32.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from common.atomic import atomic_write_bytes
+from common.errors import CheckpointError, ConfigError, InputError
+from cyclegan import losses
+from cyclegan.checkpoint import (FORMAT_VERSION, TRAIN_KIND, CheckpointWriteError, export_generator,
+                                 safe_torch_load, save_checkpoint)
+from cyclegan.config import RUNTIME_FIELDS, TrainConfig, config_differences, config_to_dict
+from cyclegan.data import DataInfo, StepBatchSampler, UnpairedPatches, make_loader, read_data_info
+from cyclegan.models import build_discriminator, build_generator
+
+LOSS_NAMES = ("loss_G", "gan_G", "gan_F", "cycle_A", "cycle_B", "idt_A", "idt_B", "lowfreq", "loss_D_A", "loss_D_B")
+NETS = ("G", "F", "D_A", "D_B")
+
+
+class TrainingDiverged(InputError):
+    """A loss became NaN or infinite; training stopped before the optimiser step, checkpoints untouched."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Process set-up: distributed context, device, precision
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_pref: str) -> DistContext:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl with CUDA, gloo otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    initialized_here = False
+    if world > 1 and not dist.is_initialized():
+        use_cuda = device_pref != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        initialized_here = True
+    if dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, initialized_here)
+    return DistContext()
+
+
+def pick_device(pref: str, ctx: DistContext) -> torch.device:
+    if pref == "cpu":
+        return torch.device("cpu")
+    if pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {pref!r} requested but CUDA is not available")
+        return torch.device(pref if ":" in pref or not ctx.ddp else f"cuda:{ctx.local_rank}")
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{ctx.local_rank}")
+    return torch.device("cpu")
+
+
+def precision_for(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for float32, use GradScaler)."""
+    p = cfg.precision
+    if p == "fp32" or (p == "auto" and device.type != "cuda"):
+        return None, False
+    if p == "auto":
+        p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if p == "bf16":
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise ConfigError("precision 'fp16' needs a CUDA device; use 'fp32' or 'bf16' on CPU")
+    return torch.float16, True
+
+
+def lr_factor(step: int, total: int, decay_start: float) -> float:
+    """LR multiplier: 1 for the first ``decay_start * total`` steps, then linear towards 0 at ``total``."""
+    start = int(round(decay_start * total))
+    if step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / max(1, total - start))
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, DDP) else m
+
+
+def _say(msg: str, ctx: DistContext) -> None:
+    if ctx.is_main:
+        tqdm.write(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model set: four networks, optimisers, schedulers, scalers, pools, and one training step
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class CycleGAN:
+    """Everything that changes during training, and the step that changes it."""
+
+    def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device, ctx: DistContext | None = None,
+                 *, nets: dict[str, nn.Module] | None = None) -> None:
+        ctx = ctx or DistContext()
+        self.cfg, self.info, self.device, self.ctx = cfg, info, device, ctx
+        self.amp_dtype, use_scaler = precision_for(cfg, device)
+        self.channels_last = cfg.channels_last and device.type == "cuda"
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        if nets is None:  # (the training benchmark passes other networks)
+            nets = {
+                "G": build_generator(cfg.generator), "F": build_generator(cfg.generator),
+                "D_A": build_discriminator(cfg.discriminator), "D_B": build_discriminator(cfg.discriminator),
+            }
+        self.nets: dict[str, nn.Module] = {}
+        for name, net in nets.items():
+            net = net.to(device)
+            if self.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            if ctx.ddp:
+                net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
+                          gradient_as_bucket_view=True)
+            self.nets[name] = net
+        betas = (cfg.beta1, cfg.beta2)
+        gen_params = [p for n in ("G", "F") for p in self.nets[n].parameters()]
+        dis_params = [p for n in ("D_A", "D_B") for p in self.nets[n].parameters()]
+        self.opt_G = torch.optim.Adam(gen_params, lr=cfg.lr, betas=betas)
+        self.opt_D = torch.optim.Adam(dis_params, lr=cfg.lr, betas=betas)
+        total, start = cfg.steps, cfg.decay_start
+        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, lambda s: lr_factor(s, total, start))
+        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, lambda s: lr_factor(s, total, start))
+        self.scaler_G = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.scaler_D = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        pool_seed = cfg.seed * 1_000_003 + 7919 * ctx.rank + 1
+        self.pool_A = losses.ImagePool(cfg.pool_size, seed=pool_seed)
+        self.pool_B = losses.ImagePool(cfg.pool_size, seed=pool_seed + 1)
+        self.lowpass = losses.LowPass(cfg.lowfreq_sigma_periods * info.period_px).to(device)
+
+    def raw(self, name: str) -> nn.Module:
+        return _unwrap(self.nets[name])
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def step(self, real_A: torch.Tensor, real_B: torch.Tensor, *, visuals: bool = False
+             ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+        """One generator + discriminator update on a batch; returns the losses (averaged over ranks) and, if asked,
+        the display panels. A non-finite loss raises TrainingDiverged before any weight changes."""
+        cfg = self.cfg
+        G, F, D_A, D_B = (self.nets[n] for n in NETS)
+        if self.channels_last:
+            real_A = real_A.contiguous(memory_format=torch.channels_last)
+            real_B = real_B.contiguous(memory_format=torch.channels_last)
+        n = real_A.shape[0]
+        self.opt_G.zero_grad(set_to_none=True)
+        self.opt_D.zero_grad(set_to_none=True)
+
+        # Generator step: D_A and D_B frozen and unwrapped (no DDP gradient sync for them here).
+        d_params = [p for m in (D_A, D_B) for p in m.parameters()]
+        for p in d_params:
+            p.requires_grad_(False)
+        with self._autocast():
+            fake_B, idt_B = G(torch.cat([real_A, real_B])).split(n)  # G(a), G(b)
+            fake_A, idt_A = F(torch.cat([real_B, real_A])).split(n)  # F(b), F(a)
+            rec_A = F(fake_B)
+            rec_B = G(fake_A)
+            gan_G = losses.lsgan_loss(_unwrap(D_B)(fake_B), True)
+            gan_F = losses.lsgan_loss(_unwrap(D_A)(fake_A), True)
+        cycle_A = losses.cycle_l1(rec_A, real_A)
+        cycle_B = losses.cycle_l1(rec_B, real_B)
+        idt_A = losses.identity_l1(idt_A, real_A)
+        idt_B_loss = losses.identity_l1(idt_B, real_B)
+        if cfg.lambda_lowfreq > 0:
+            lowfreq = (losses.lowfreq_l1(fake_B, real_A, self.lowpass)
+                       + losses.lowfreq_l1(fake_A, real_B, self.lowpass))
+        else:
+            lowfreq = torch.zeros((), device=self.device)
+        lc = cfg.lambda_cycle
+        loss_G = (gan_G + gan_F + lc * (cycle_A + cycle_B) + lc * cfg.lambda_identity * (idt_A + idt_B_loss)
+                  + cfg.lambda_lowfreq * lowfreq)
+        self.scaler_G.scale(loss_G).backward()
+        for p in d_params:
+            p.requires_grad_(True)
+
+        # Discriminator step on real images and pooled (detached) fakes.
+        pooled_B = self.pool_B.query(fake_B.detach().float())
+        pooled_A = self.pool_A.query(fake_A.detach().float())
+        with self._autocast():
+            pred_B = D_B(torch.cat([real_B, pooled_B.to(real_B.dtype)]))
+            pred_A = D_A(torch.cat([real_A, pooled_A.to(real_A.dtype)]))
+        loss_D_B = 0.5 * (losses.lsgan_loss(pred_B[:n], True) + losses.lsgan_loss(pred_B[n:], False))
+        loss_D_A = 0.5 * (losses.lsgan_loss(pred_A[:n], True) + losses.lsgan_loss(pred_A[n:], False))
+        self.scaler_D.scale(loss_D_A + loss_D_B).backward()
+
+        # One collective gives both the logged means and an agreement on finiteness across ranks.
+        vec = torch.stack([loss_G, gan_G, gan_F, cycle_A, cycle_B, idt_A, idt_B_loss, lowfreq, loss_D_A,
+                           loss_D_B]).detach().float()
+        if self.ctx.ddp:
+            dist.all_reduce(vec)
+            vec /= self.ctx.world_size
+        values = dict(zip(LOSS_NAMES, vec.tolist()))
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            raise TrainingDiverged(", ".join(f"{k}={v}" for k, v in bad.items()))
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
+        self.sched_G.step()
+        self.sched_D.step()
+
+        panels = None
+        if visuals:
+            panels = {k: v[0, 0].detach().float().cpu().numpy() for k, v in (
+                ("A", real_A), ("G(A)", fake_B), ("F(G(A))", rec_A),
+                ("B", real_B), ("F(B)", fake_A), ("G(F(B))", rec_B))}
+        return values, panels
+
+    # -- checkpoint state ------------------------------------------------------------------------------------------
+
+    def shared_state(self) -> dict:
+        """State identical on every rank: weights, optimisers, schedulers, scalers."""
+        return {
+            "models": {n: self.raw(n).state_dict() for n in NETS},
+            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
+            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
+            "scalers": {"G": self.scaler_G.state_dict(), "D": self.scaler_D.state_dict()},
+        }
+
+    def rank_state(self) -> dict:
+        """State of this rank alone: image pools and RNG states (on CPU, plain types)."""
+        return {"pools": {"A": self.pool_A.state_dict(), "B": self.pool_B.state_dict()}, "rng": get_rng_state()}
+
+    def load_shared_state(self, state: dict) -> None:
+        try:
+            for n in NETS:
+                self.raw(n).load_state_dict(state["models"][n], strict=True)
+            self.opt_G.load_state_dict(state["optimizers"]["G"])
+            self.opt_D.load_state_dict(state["optimizers"]["D"])
+            self.sched_G.load_state_dict(state["schedulers"]["G"])
+            self.sched_D.load_state_dict(state["schedulers"]["D"])
+            self.scaler_G.load_state_dict(state["scalers"]["G"])
+            self.scaler_D.load_state_dict(state["scalers"]["D"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint does not fit this model set: {str(exc).splitlines()[0][:200]}"
+                                  ) from None
+
+    def load_rank_state(self, state: dict) -> None:
+        self.pool_A.load_state_dict(state["pools"]["A"], self.device)
+        self.pool_B.load_state_dict(state["pools"]["B"], self.device)
+        set_rng_state(state["rng"])
+
+    def digests(self) -> dict[str, str]:
+        """SHA-256 of each network's weights (to compare runs and ranks bit for bit)."""
+        return {n: state_digest(self.raw(n).state_dict()) for n in NETS}
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and exact bytes of a state dict's tensors."""
+    h = hashlib.sha256()
+    for k, v in state_dict.items():
+        h.update(k.encode())
+        h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def get_rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain types (safe for weights_only loading)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npk = state["numpy"]
+    np.random.set_state(("MT19937", npk["key"].numpy().astype(np.uint32), npk["pos"], npk["has_gauss"],
+                         npk["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_resume_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """A resumed run may change only runtime settings; another architecture is a CheckpointError."""
+    current = config_to_dict(cfg)
+    arch = [d for d in config_differences({k: saved.get(k) for k in ("generator", "discriminator")},
+                                          {k: current[k] for k in ("generator", "discriminator")})]
+    if arch:
+        raise CheckpointError(f"{path} holds another architecture than the config ({'; '.join(arch)}); "
+                              f"use the run's own config.json or a new --out folder")
+    other = [d for d in config_differences({k: v for k, v in saved.items() if k not in RUNTIME_FIELDS},
+                                           {k: v for k, v in current.items() if k not in RUNTIME_FIELDS})]
+    if other:
+        raise ConfigError(f"resuming {path} with changed training settings would not continue the same run "
+                          f"({'; '.join(other)}); only {', '.join(sorted(RUNTIME_FIELDS))} may change")
+
+
+def _find_checkpoint(out_dir: Path) -> Path | None:
+    for name in ("last.pt", "previous.pt"):
+        if (out_dir / name).exists():
+            return out_dir / name
+    return None
+
+
+def _open_dashboard(cfg: TrainConfig, out_dir: Path, ctx: DistContext):
+    from cyclegan.dashboard import Dashboard
+
+    d = cfg.dashboard
+    return Dashboard(out_dir / "log.jsonl", enabled=d.enabled, server=d.server, port=d.port, env=d.env,
+                     rank=ctx.rank)
+
+
+def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
+          dashboard: Any = None, progress: bool = True) -> dict:
+    """Train a CycleGAN on ``data_dir/trainA`` vs ``data_dir/trainB``; write the run into ``out_dir``.
+
+    ``resume=True`` continues from ``out_dir/last.pt`` (or ``previous.pt``; a fresh start if neither exists);
+    without it, a folder that already holds a checkpoint is refused. ``dashboard``: an object with
+    ``scalars(step, dict)``/``images(step, dict)`` (default: a :class:`cyclegan.dashboard.Dashboard` on
+    ``out_dir/log.jsonl``). Returns a summary dict (final step, last losses, images/s, paths, weight digests).
+    Raises ConfigError/CheckpointError/InputError for problems the user can fix and TrainingDiverged when a loss
+    is not finite.
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError("cfg must be a TrainConfig")
+    ctx = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, Path(data_dir), Path(out_dir), ctx, resume=resume, dashboard=dashboard,
+                      progress=progress)
+    finally:
+        if ctx.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *, resume: bool, dashboard: Any,
+           progress: bool) -> dict:
+    device = pick_device(cfg.device, ctx)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels
+    info = read_data_info(data_dir, patch_px=cfg.patch_px, atoms_per_patch=cfg.atoms_per_patch,
+                          period_px=cfg.period_px)
+    dataset = UnpairedPatches(data_dir / "trainA", data_dir / "trainB", crop_px=cfg.crop_px)
+
+    # Run folder and checkpoint to resume from.
+    ckpt_path = _find_checkpoint(out_dir) if out_dir.is_dir() else None
+    if ckpt_path is not None and not resume:
+        raise ConfigError(f"{out_dir} already holds a training checkpoint ({ckpt_path.name}); pass --resume to "
+                          f"continue it or choose a new --out folder")
+    ckpt = None
+    if ckpt_path is not None:
+        ckpt = safe_torch_load(ckpt_path, kind=TRAIN_KIND)
+        _check_resume_config(ckpt.get("config", {}), cfg, ckpt_path)
+        if ckpt_path.name != "last.pt":
+            _say(f"warning: {out_dir / 'last.pt'} is missing; resuming from {ckpt_path.name}", ctx)
+    elif resume:
+        _say(f"no checkpoint in {out_dir}; starting from step 0", ctx)
+    if ctx.is_main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create run folder {out_dir}: {exc.strerror or exc}") from None
+        for stale in [*out_dir.glob(".last.pt.*.tmp"), *out_dir.glob(".generator.pt.*.tmp"),
+                      *out_dir.glob(".config.json.*.tmp"), *out_dir.glob(".previous.pt.link")]:
+            stale.unlink(missing_ok=True)  # left by a run killed while writing
+    if ctx.ddp:
+        dist.barrier()
+
+    # Seeds, models, state.
+    random.seed(cfg.seed + ctx.rank)
+    np.random.seed((cfg.seed + ctx.rank) % 2**32)
+    model = CycleGAN(cfg, info, device, ctx)
+    torch.manual_seed(cfg.seed + 1 + ctx.rank)  # per-rank stream after the shared initialisation
+    start_step = 0
+    if ckpt is not None:
+        model.load_shared_state(ckpt)
+        start_step = int(ckpt["step"])
+        ranks = ckpt.get("ranks", [])
+        if int(ckpt.get("world_size", 1)) == ctx.world_size and len(ranks) == ctx.world_size:
+            model.load_rank_state(ranks[ctx.rank])
+        else:
+            _say(f"warning: checkpoint written by {ckpt.get('world_size')} process(es), resumed by "
+                 f"{ctx.world_size}: data order continues, image pools and RNG streams restart", ctx)
+        saved_data = ckpt.get("data", {})
+        if saved_data.get("digest") not in (None, dataset.digest()):
+            _say(f"warning: the patch folders in {data_dir} changed since the checkpoint; the data order differs",
+                 ctx)
+        del ckpt
+    if start_step >= cfg.steps:
+        _say(f"checkpoint is at step {start_step} >= steps={cfg.steps}; nothing to train (raise --steps)", ctx)
+
+    gen_info = {"patch_px": info.patch_px, "atoms_per_patch": info.atoms_per_patch, "period_px": info.period_px,
+                "direction": "A2B", "lowfreq_sigma_px": model.lowpass.sigma_px}
+    if ctx.is_main:
+        try:
+            atomic_write_bytes(out_dir / "config.json",
+                               (json.dumps(config_to_dict(cfg), indent=2) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise InputError(f"cannot write {out_dir / 'config.json'}: {exc.strerror or exc}") from None
+    own_dashboard = dashboard is None and ctx.is_main
+    if own_dashboard:
+        dashboard = _open_dashboard(cfg, out_dir, ctx)
+    if not ctx.is_main:
+        dashboard = None
+
+    def save(step: int) -> None:
+        rank_states = [model.rank_state()]
+        if ctx.ddp:
+            gathered = [None] * ctx.world_size if ctx.is_main else None
+            dist.gather_object(rank_states[0], gathered, dst=0)
+            rank_states = gathered
+        error = None
+        if ctx.is_main:
+            obj = {"kind": TRAIN_KIND, "version": FORMAT_VERSION, "step": step, "config": config_to_dict(cfg),
+                   "world_size": ctx.world_size, "ranks": rank_states, "info": gen_info,
+                   "data": {"digest": dataset.digest(), "n_a": dataset.n_a, "n_b": dataset.n_b},
+                   "torch_version": str(torch.__version__), **model.shared_state()}
+            try:
+                save_checkpoint(out_dir / "last.pt", obj,
+                                previous=out_dir / "previous.pt" if cfg.keep_previous else None)
+                export_generator(out_dir / "generator.pt", model.raw("G"), cfg.generator, {**gen_info, "step": step})
+            except CheckpointError as exc:
+                error = str(exc)
+        if ctx.ddp:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error:
+            raise CheckpointWriteError(error)
+
+    sampler = StepBatchSampler(dataset.n_a, dataset.n_b, batch_size=cfg.batch_size, seed=cfg.seed,
+                               start_step=start_step, total_steps=cfg.steps, rank=ctx.rank,
+                               world_size=ctx.world_size)
+    loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+
+    images_per_step = cfg.batch_size * ctx.world_size
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (progress and ctx.is_main))
+    step, saved_step, values = start_step, start_step, {}
+    t_start = t_log = time.perf_counter()
+    log_from = start_step
+    try:
+        for batch in _batches(loader):
+            real_A = batch["A"].to(device, non_blocking=True)
+            real_B = batch["B"].to(device, non_blocking=True)
+            want_panels = dashboard is not None and (step + 1) % cfg.image_every == 0
+            try:
+                values, panels = model.step(real_A, real_B, visuals=want_panels)
+            except TrainingDiverged as exc:
+                kept = (f"the last good checkpoint {out_dir / 'last.pt'} (step {saved_step}) is intact"
+                        if saved_step > 0 or ckpt_path is not None else "no checkpoint had been written yet")
+                raise TrainingDiverged(f"non-finite loss at step {step + 1} ({exc}); training stopped; {kept}; "
+                                       f"try a lower lr or precision 'fp32'") from None
+            step += 1
+            bar.update(1)
+            if ctx.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.perf_counter()
+                ips = (step - log_from) * images_per_step / max(now - t_log, 1e-9)
+                t_log, log_from = now, step
+                record = {**values, "lr": model.opt_G.param_groups[0]["lr"], "images_per_s": ips}
+                bar.set_postfix(G=f"{values['loss_G']:.3f}", D=f"{values['loss_D_A'] + values['loss_D_B']:.3f}",
+                                cyc=f"{values['cycle_A']:.3f}", img_s=f"{ips:.0f}", refresh=False)
+                if dashboard is not None:
+                    dashboard.scalars(step, record)
+            if panels is not None and dashboard is not None:
+                dashboard.images(step, panels)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save(step)
+                saved_step = step
+    finally:
+        bar.close()
+        if own_dashboard and dashboard is not None:
+            dashboard.close()
+    elapsed = time.perf_counter() - t_start
+    return {
+        "step": step, "steps": cfg.steps, "start_step": start_step, "run_dir": str(out_dir),
+        "checkpoint": str(out_dir / "last.pt"), "generator": str(out_dir / "generator.pt"),
+        "losses": values, "elapsed_s": elapsed,
+        "images_per_s": (step - start_step) * images_per_step / max(elapsed, 1e-9),
+        "digests": model.digests(), "rank": ctx.rank, "world_size": ctx.world_size, "device": str(device),
+    }
+
+
+def _batches(loader):
+    """Iterate the loader; an InputError from a worker process comes back as one clean line."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except InputError as exc:
+            last = str(exc).strip().splitlines()[-1]
+            raise InputError(last.split("InputError: ", 1)[-1]) from None
+        yield batch
