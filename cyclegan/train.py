@@ -420,6 +420,11 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
     if ckpt_path is not None and not resume:
         raise ConfigError(f"{out_dir} already holds a training checkpoint ({ckpt_path.name}); pass --resume to "
                           f"continue it or choose a new --out folder")
+    if ckpt_path is None and not resume and out_dir.is_dir():
+        earlier = [n for n in ("config.json", "log.jsonl", "generator.pt") if (out_dir / n).exists()]
+        if earlier:
+            raise ConfigError(f"{out_dir} holds files of an earlier run ({', '.join(earlier)}); choose a new --out "
+                              f"folder")
     ckpt = None
     if ckpt_path is not None:
         ckpt = safe_torch_load(ckpt_path, kind=TRAIN_KIND)

@@ -24,11 +24,11 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import run_main  # noqa: E402
+from common.cli import ArgumentParser, run_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Benchmark the training step against a reference-style loop.")
+    p = ArgumentParser(description="Benchmark the training step against a reference-style loop.")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--profile", choices=("default", "quick"), default="default")
     p.add_argument("--seconds", type=float, default=20.0, help="time budget per loop (timed part)")

@@ -21,11 +21,11 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import run_main  # noqa: E402
+from common.cli import ArgumentParser, run_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train the unpaired CycleGAN denoiser (G: noisy A -> clean B).")
+    p = ArgumentParser(description="Train the unpaired CycleGAN denoiser (G: noisy A -> clean B).")
     p.add_argument("--data", required=True, help="patch folder with trainA/, trainB/ and manifest.json")
     p.add_argument("--out", required=True, help="run folder (config.json, log.jsonl, last.pt, generator.pt)")
     p.add_argument("--profile", choices=("default", "quick"), default=None,

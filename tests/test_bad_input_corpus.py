@@ -321,8 +321,6 @@ def _check_case(case: Case, before: dict, after: dict, res: C.Result, kept: dict
 # the case passes, the xfail turns into a failure, and the entry must be deleted here.
 KNOWN_BUGS: dict[str, str] = {
     "output_parent_is_a_file_dip": "scripts/dip_denoise.py: out_dir.mkdir not guarded -> NotADirectoryError traceback",
-    "output_exists_train_config": "train replaces an existing config.json (and appends to log.jsonl) in an --out "
-                                  "folder without a checkpoint",
 }
 
 
