@@ -1,0 +1,102 @@
+"""Denoise whole micrographs with a trained generator, tile by tile, without seams.
+
+    python scripts/denoise.py INPUT... --checkpoint RUN_DIR/generator.pt --out DIR
+        [--period PX] [--tta] [--batch-size N] [--tile PX] [--overlap PX] [--device auto|cpu|cuda|cuda:K]
+        [--overwrite] [--float32] [--no-amp] [--quiet]
+
+INPUT is any mix of micrograph files and folders. Each micrograph's lattice period is measured (or taken from
+--period, in the input's px), the image is normalised as a whole, resampled to the model's atom scale, denoised in
+overlapping tiles, resampled back and written to DIR/<name>.tif in the input's dtype (or float32) with its pixel
+size. Outputs that already exist are skipped, so a killed run can simply be started again.
+
+Many files on many GPUs (each process takes every N-th file):
+
+    torchrun --nproc_per_node=4 scripts/denoise.py DATA_DIR --checkpoint generator.pt --out OUT
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.cli import run_main  # noqa: E402
+from common.errors import InputError  # noqa: E402
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Denoise micrographs with a trained CycleGAN generator (stitched tiles, no seams).",
+        epilog="Multi-GPU: torchrun --nproc_per_node=N scripts/denoise.py INPUT... --checkpoint G --out DIR",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="micrograph files and/or folders")
+    p.add_argument("--checkpoint", required=True, help="generator export (RUN_DIR/generator.pt)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--period", type=_positive_float, default=None,
+                   help="lattice period of the inputs in their px (default: measured per micrograph)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="tiles per batch (default: 16 on CUDA, 2 on CPU)")
+    p.add_argument("--tile", type=_positive_int, default=None,
+                   help="tile size in model px (default 512)")
+    p.add_argument("--overlap", type=_positive_int, default=None,
+                   help="tile overlap in model px (default and minimum follow the generator's receptive field)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:K")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    p.add_argument("--float32", action="store_true", help="write float32 instead of the input's dtype")
+    p.add_argument("--no-amp", action="store_true", help="run in float32 on CUDA too")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _rank() -> tuple[int, int]:
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise InputError("RANK and WORLD_SIZE must be integers") from None
+    return rank, world
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from cyclegan.infer import denoise_files
+
+    rank, world = _rank()
+    summary = denoise_files(
+        args.inputs, args.out, args.checkpoint, period_px=args.period, tile=args.tile, overlap=args.overlap,
+        batch_size=args.batch_size, tta=args.tta, device=args.device, amp=not args.no_amp,
+        overwrite=args.overwrite, float32=args.float32, rank=rank, world_size=world,
+        progress=not args.quiet and rank == 0,
+    )
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    plan = summary["plan"]
+    print(f"{who}{summary['denoised']} denoised, {summary['skipped']} skipped, {summary['failed']} failed "
+          f"(device {summary['device']}, tile {plan['tile']} px, overlap {plan['overlap']} px)")
+    return 2 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    run_main(main)
