@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import run_main  # noqa: E402
+from common.cli import ArgumentParser, run_main  # noqa: E402
 from common.errors import InputError  # noqa: E402
 
 MODEL_PERIOD = 12.8
@@ -423,7 +423,7 @@ def run_memory(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Benchmark stitched tile inference (speed vs a naive loop; memory).")
+    p = ArgumentParser(description="Benchmark stitched tile inference (speed vs a naive loop; memory).")
     p.add_argument("--mode", choices=["speed", "memory", "figure"], default="speed")
     p.add_argument("--size", type=int, default=None, help="image side in px (default: 1024 speed, 16384 memory)")
     p.add_argument("--model", choices=sorted(MODELS), default=None,

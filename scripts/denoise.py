@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import run_main  # noqa: E402
+from common.cli import ArgumentParser, run_main  # noqa: E402
 from common.errors import InputError  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Denoise micrographs with a trained CycleGAN generator (stitched tiles, no seams).",
         epilog="Multi-GPU: torchrun --nproc_per_node=N scripts/denoise.py INPUT... --checkpoint G --out DIR",
     )
