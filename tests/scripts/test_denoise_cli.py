@@ -201,4 +201,4 @@ def test_bad_input_exits_2_with_one_line(tmp_path, checkpoint, capsys, case, mat
 def test_bad_option_values_are_usage_errors(tmp_path, checkpoint, capsys):
     for bad in (["--tile", "0"], ["--batch-size", "-3"], ["--period", "nan"]):
         code, _, err = _run([str(tmp_path), "--checkpoint", str(checkpoint), "--out", str(tmp_path), *bad], capsys)
-        assert code == 2 and "usage" in err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "--help" in err
