@@ -320,7 +320,6 @@ def _check_case(case: Case, before: dict, after: dict, res: C.Result, kept: dict
 # Cases that fail today because of a bug in a script, reported to its owner. strict=True: once the bug is fixed
 # the case passes, the xfail turns into a failure, and the entry must be deleted here.
 KNOWN_BUGS: dict[str, str] = {
-    "output_parent_is_a_file_dip": "scripts/dip_denoise.py: out_dir.mkdir not guarded -> NotADirectoryError traceback",
 }
 
 
@@ -369,7 +368,6 @@ WRITERS = ["simulate", "prepare_data", "train_cyclegan", "denoise", "dip_denoise
 # rather than written into; for it only the "ro/sub" case applies.
 UNWRITABLE = [(s, "ro") for s in WRITERS if s != "prepare_data"] + [(s, "ro/sub") for s in WRITERS]
 UNWRITABLE_BUGS = {
-    "dip_denoise-ro/sub": "scripts/dip_denoise.py: out_dir.mkdir not guarded -> PermissionError traceback",
 }
 
 
