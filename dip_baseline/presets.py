@@ -1,0 +1,109 @@
+"""Named DIP recipes: a network architecture plus optimisation settings.
+
+* ``ulyanov``: the reference recipe of the DIP paper's denoising code: 5 levels of 128 filters, 4 skip filters,
+  3x3 kernels, LeakyReLU(0.2), strided-convolution downsampling, bilinear upsampling, 32 input noise channels,
+  reflection padding; Adam at 0.01, input perturbation sigma 1/30, exponential moving average 0.99, 3000 steps.
+* ``microscopy``: seed 002's best denoising setting on electron micrographs (ISBI 2012): its baseline of
+  4 levels of 128 filters with Swish activations and 8 skip filters; otherwise as ``ulyanov``.
+* ``light``: a CPU-sized network (16-32-64-64 filters, 16 input channels; 16x fewer multiply-adds than
+  ``ulyanov`` per pixel), with Swish and 8 skip filters as in ``microscopy``; the project's default. Its cost and
+  quality against the reference recipe are measured by ``scripts/bench_dip.py``.
+
+Every preset stops automatically by default (``auto``: the held-out-pixel rule of :mod:`dip_baseline.stopping`)
+with ``max_steps`` as a cap; the reference recipe of the paper is ``ulyanov`` with ``stop="fixed"``.
+
+The output layer is linear in every preset (see :mod:`dip_baseline.net`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from common.errors import ConfigError
+from dip_baseline.net import SkipNetConfig
+from dip_baseline.stopping import AUTO_RULES, STOP_RULES, HoldoutConfig, WMVConfig
+
+DEFAULT_PRESET = "light"
+
+
+@dataclass(frozen=True)
+class DipSettings:
+    """Optimisation settings (steps count optimiser updates; intensities are in normalised units).
+
+    ``input_scale``: the fixed code z is uniform in [0, input_scale]. ``input_noise_std``: Gaussian
+    perturbation added to z at every step (0 disables). ``ema``: weight of the exponential moving average of
+    the outputs (0 disables; the average is the result). ``amp`` and ``channels_last`` apply on CUDA only.
+    """
+
+    lr: float = 0.01
+    max_steps: int = 3000
+    input_scale: float = 0.1
+    input_noise_std: float = 1.0 / 30.0
+    ema: float = 0.99
+    stop: str = "auto"
+    auto_rule: str = "holdout"
+    wmv: WMVConfig = field(default_factory=WMVConfig)
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    amp: bool = True
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.wmv, dict):
+            object.__setattr__(self, "wmv", WMVConfig(**self.wmv))
+        if isinstance(self.holdout, dict):
+            object.__setattr__(self, "holdout", HoldoutConfig(**self.holdout))
+        if self.auto_rule not in AUTO_RULES:
+            raise ConfigError(f"auto_rule must be one of {', '.join(AUTO_RULES)}; got {self.auto_rule!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"the learning rate must be > 0, got {self.lr}")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ConfigError(f"the number of steps must be a positive integer, got {self.max_steps!r}")
+        if not self.input_scale > 0:
+            raise ConfigError(f"input_scale must be > 0, got {self.input_scale}")
+        if self.input_noise_std < 0:
+            raise ConfigError(f"input_noise_std must be >= 0, got {self.input_noise_std}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+        if self.stop not in STOP_RULES:
+            raise ConfigError(f"stop must be one of {', '.join(STOP_RULES)}; got {self.stop!r}")
+
+    def replace(self, **changes) -> "DipSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DipPreset:
+    name: str
+    net: SkipNetConfig
+    settings: DipSettings
+    description: str = ""
+
+
+_ULYANOV_NET = SkipNetConfig(down_channels=(128,) * 5, skip_channels=4, activation="leaky_relu",
+                             input_channels=32, downsample="stride", upsample="bilinear", pad="reflection")
+
+PRESETS: dict[str, DipPreset] = {
+    "ulyanov": DipPreset(
+        "ulyanov", _ULYANOV_NET, DipSettings(max_steps=3000),
+        "DIP paper reference: 5x128 filters, 4 skip filters, LeakyReLU, 32 input channels"),
+    "microscopy": DipPreset(
+        "microscopy", _ULYANOV_NET.replace(down_channels=(128,) * 4, skip_channels=8, activation="swish"),
+        DipSettings(max_steps=3000),
+        "seed 002's best for micrographs: 4x128 filters, Swish, 8 skip filters, 32 input channels"),
+    "light": DipPreset(
+        "light", SkipNetConfig(down_channels=(16, 32, 64, 64), up_channels=(16, 32, 64, 64), skip_channels=8,
+                               activation="swish", input_channels=16),
+        DipSettings(max_steps=3000),
+        "CPU-sized: 16-32-64-64 filters, Swish, 8 skip filters, 16 input channels"),
+}
+
+
+def get_preset(name: str) -> DipPreset:
+    """Return the preset called ``name`` (ConfigError listing the names otherwise)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown DIP preset {name!r}; choose one of {', '.join(PRESETS)}") from None
