@@ -22,28 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import ArgumentParser, run_main  # noqa: E402
+from common.cli import ArgumentParser, positive_float, positive_int, run_main  # noqa: E402
 from common.errors import InputError  # noqa: E402
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,14 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="micrograph files and/or folders")
     p.add_argument("--checkpoint", required=True, help="generator export (RUN_DIR/generator.pt)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--period", type=_positive_float, default=None,
+    p.add_argument("--period", type=positive_float, default=None,
                    help="lattice period of the inputs in their px (default: measured per micrograph)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per batch (default: 16 on CUDA, 2 on CPU)")
-    p.add_argument("--tile", type=_positive_int, default=None,
+    p.add_argument("--tile", type=positive_int, default=None,
                    help="tile size in model px (default 512)")
-    p.add_argument("--overlap", type=_positive_int, default=None,
+    p.add_argument("--overlap", type=positive_int, default=None,
                    help="tile overlap in model px (default and minimum follow the generator's receptive field)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:K")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")

@@ -22,28 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import ArgumentParser, run_main  # noqa: E402
+from common.cli import ArgumentParser, nonneg_int, positive_int, run_main  # noqa: E402
 from common.errors import InputError  # noqa: E402
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
 
 
 def _scale(text: str) -> int:
@@ -71,19 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=_scale, default=None, help="super-resolution factor: 2 or 4")
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help="network and optimisation recipe (default %(default)s)")
-    p.add_argument("--steps", type=_positive_int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="maximum number of steps (default: the preset's, 3000)")
     p.add_argument("--stop", choices=("auto", "fixed", "oracle"), default="auto",
                    help="auto: stop found on held-out pixels, needs no truth (default); fixed: run --steps; "
                         "oracle: best PSNR against --truth (benchmarks only)")
     p.add_argument("--truth", default=None, help="noise-free truth image (one input only): adds PSNR figures")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:K")
-    p.add_argument("--tile", type=_positive_int, default=DEFAULT_TILE,
+    p.add_argument("--tile", type=positive_int, default=DEFAULT_TILE,
                    help="images with a side above this run in tiles of this size (default %(default)s px)")
-    p.add_argument("--overlap", type=_nonneg_int, default=DEFAULT_OVERLAP,
+    p.add_argument("--overlap", type=nonneg_int, default=DEFAULT_OVERLAP,
                    help="tile overlap in px (default %(default)s)")
-    p.add_argument("--frame", type=_nonneg_int, default=None, help="frame of a stack to use (0-based)")
+    p.add_argument("--frame", type=nonneg_int, default=None, help="frame of a stack to use (0-based)")
     p.add_argument("--float32", action="store_true", help="write float32 instead of the input's dtype")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

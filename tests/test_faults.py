@@ -26,12 +26,7 @@ N_FILES = 4
 SHAPE = (384, 384)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _slowish_generator(path: Path) -> Path:

@@ -27,12 +27,7 @@ from tests import corpus as C
 PACKAGES = ("common", "data_prep", "cyclegan", "dip_baseline", "evaluation", "scripts")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,8 @@
 """DIP tests run with one torch thread: tiny networks gain nothing from more, and the machine may be shared."""
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """Every DIP test runs with one torch thread (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)
