@@ -247,7 +247,7 @@ def dose_plot(rows: Sequence[dict], metric: str, path: str | Path, *, ylabel: st
     ax.set_xlabel("dose (counts at a column peak)")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    if methods:
+    if ax.get_legend_handles_labels()[0]:  # no legend for a plot with nothing drawn (no dose values)
         ax.legend(fontsize=8, loc="best")
     _save_fig(fig, Path(path))
     plt.close(fig)
