@@ -41,6 +41,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
 
+from common.arrays import as_real_image
 from common.errors import InputError
 
 DEFAULT_THRESHOLD_REL = 0.2
@@ -52,14 +53,7 @@ FLOOR_WINDOW_FRAC = 1.2  # minimum-filter window of the background floor, in per
 
 
 def _check_image(image: np.ndarray, period_px: float) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 2:
-        raise InputError(f"find_columns needs a 2-D image, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise InputError(f"find_columns needs a real numeric image, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise InputError("find_columns: image contains NaN or Inf")
+    arr = as_real_image(image, "find_columns image")
     if not np.isfinite(period_px) or period_px < 3.0:
         raise InputError(f"find_columns: period_px must be a finite number >= 3 px, got {period_px}")
     if min(arr.shape) < 3:

@@ -65,6 +65,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from common.arrays import as_real_image
 from common.errors import InputError
 
 __all__ = [
@@ -101,21 +102,9 @@ POLARITIES = ("dark", "bright")
 MODES = ("scale", "add")
 
 
-def _as_image(image: np.ndarray, name: str = "image") -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 2:
-        raise InputError(f"{name} must be a 2-D array, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise InputError(f"{name} must be real-valued, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{name} contains NaN or Inf")
-    return arr
-
-
 def subtract_mean(image: np.ndarray) -> np.ndarray:
     """Step 1: the image minus its mean (float64, same units)."""
-    arr = _as_image(image)
+    arr = as_real_image(image)
     return arr - arr.mean()
 
 
@@ -128,7 +117,7 @@ def odd_window(size_px: float) -> int:
 
 def window_mean(image: np.ndarray, size: int) -> np.ndarray:
     """Step 2 (``"seed"``/``"mean"``): mean over the ``size x size`` window centred on each pixel (mirror border)."""
-    arr = _as_image(image)
+    arr = as_real_image(image)
     return ndimage.uniform_filter(arr, size=int(size), mode="reflect")
 
 
@@ -138,7 +127,7 @@ def window_min(image: np.ndarray, size: int) -> np.ndarray:
     ``size = 7`` is the seed's "value of the neighbour with the lowest value, at most 3 px away in Chebyshev
     distance". On a lattice it picks the background between columns, which a dent lowers too.
     """
-    arr = _as_image(image)
+    arr = as_real_image(image)
     return ndimage.minimum_filter(arr, size=int(size), mode="reflect")
 
 
@@ -149,7 +138,7 @@ def to_0_255(image: np.ndarray, border: int = 0) -> np.ndarray:
     edge (where a smoothing window reaches past the edge its value is mirror-extrapolated, not measured) and the
     result is clipped to [0, 255].
     """
-    arr = _as_image(image)
+    arr = as_real_image(image)
     b = int(border)
     inner = arr[b:arr.shape[0] - b, b:arr.shape[1] - b] if b > 0 else arr
     if inner.size == 0:
@@ -162,7 +151,7 @@ def to_0_255(image: np.ndarray, border: int = 0) -> np.ndarray:
 
 def zero_below(image: np.ndarray, threshold: float = 128.0) -> np.ndarray:
     """Step 5: set values under ``threshold`` to 0 and keep the others unchanged."""
-    arr = _as_image(image)
+    arr = as_real_image(image)
     return np.where(arr < threshold, 0.0, arr)
 
 
@@ -172,7 +161,7 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     Same kernel as ``scipy.ndimage.gaussian_filter(mode="reflect")`` (radius 4 sigma), computed with OpenCV in
     float32 (several times faster on large maps; differences ~1e-7 of the values' range); float64 result.
     """
-    arr = _as_image(image)
+    arr = as_real_image(image)
     if sigma < 0 or not np.isfinite(sigma):
         raise InputError(f"blur sigma must be >= 0 px, got {sigma}")
     if sigma == 0:
@@ -232,7 +221,7 @@ def dent_mask(
         sigma = SEED_BLUR_PX if scale == "pixels" else PERIOD_BLUR * period
     else:
         sigma = float(blur_px)
-    arr = _as_image(image)
+    arr = as_real_image(image)
     if min(arr.shape) < 2:
         raise InputError(f"image of shape {arr.shape} is too small for a dent mask")
     centred = subtract_mean(arr)
@@ -297,8 +286,8 @@ def fit_dent_amplitude(
     the amplitude is clamped to the polarity (a dark dent never brightens the target): a mask that does not
     follow the low-pass gives an amplitude of about 0, so adding it changes little.
     """
-    arr = _as_image(image)
-    m = _as_image(mask, "mask")
+    arr = as_real_image(image)
+    m = as_real_image(mask, "mask")
     if m.shape != arr.shape:
         raise InputError(f"mask shape {m.shape} differs from image shape {arr.shape}")
     if polarity not in POLARITIES:

@@ -29,6 +29,7 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.restoration import denoise_nl_means
 
+from common.arrays import as_real_image
 from common.errors import InputError
 
 
@@ -37,12 +38,9 @@ class FilterUnavailable(RuntimeError):
 
 
 def _as_image(image: np.ndarray) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 2 or min(arr.shape) < 2:
-        raise InputError(f"expected a 2-D image, got shape {arr.shape}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise InputError("image contains NaN or Inf")
+    arr = as_real_image(image)
+    if min(arr.shape) < 2:
+        raise InputError(f"expected an image of at least 2 x 2 px, got shape {arr.shape}")
     return arr
 
 
