@@ -13,9 +13,11 @@ resident memory of 1.1 GiB, 0.6 GiB of it torch and the model at start-up; scrip
    constants stay constant) applied to row strips as they are needed: a strip of the resampled image is exactly
    the corresponding rows of the resampled whole image. Within 2 % of 1 the scale is taken as 1 and no
    resampling happens at all (a CNN does not care about a 2 % zoom; interpolation would blur).
-4. Overlapping tiles of the resampled image go through the generator in batches (``torch.inference_mode``, AMP
-   and channels_last on CUDA), optionally averaged over the 8 dihedral transforms (``tta``), and are blended
-   with :func:`common.tiling.iter_map_tiles`.
+4. Overlapping tiles of the resampled image go through the generator in batches (``torch.inference_mode``,
+   channels_last; bfloat16 autocast where ``precision`` asks for it or "auto" picks it, see
+   :mod:`common.precision`: CUDA with bf16 and CPUs with AMX/AVX512-BF16), optionally averaged over the 8
+   dihedral transforms (``tta``), and are blended with :func:`common.tiling.iter_map_tiles`. The network's
+   output is float32 whatever the precision.
 5. Finished rows are resampled back to the source grid (same operator, inverse direction), denormalised and
    written (rounded and clipped for integer outputs).
 
@@ -25,7 +27,7 @@ for the default generator it is 67 px, a radius of 33 px. Inner tile edges get z
 ``margin`` = that radius rounded up to the generator's stride (34 px), so every output pixel comes from a tile
 that saw its whole neighbourhood and the tiled result equals the whole-image result to float rounding (measured:
 PSNR > 150 dB between them). Where tiles overlap they therefore agree; an 8 px sin^2 ramp between the two margins
-only hides rounding differences (AMP on CUDA): ``overlap = 2 * margin + 8`` = 76 px for the default generator.
+only hides rounding differences (bf16): ``overlap = 2 * margin + 8`` = 76 px for the default generator.
 Tiles are 512 px: the overlap then costs (512 / 436)^2 = 1.38x extra compute, against 2.0x for 256 px tiles;
 on the CPU one tile per batch is fastest (a second 512 px tile only adds cache misses; ~0.3 GiB of activations),
 on CUDA 16. Images smaller than a tile get one smaller tile instead of padding. Numbers: scripts/bench_infer.py.
@@ -49,7 +51,9 @@ from scipy import sparse
 from torch import nn
 
 from common.errors import InputError
-from common.tiling import TileGrid, iter_map_tiles, reflect_index, release_pages
+from common.precision import autocast, describe_precision, resolve_precision
+from common.resample import _Operator, resample_operator
+from common.tiling import TileGrid, iter_map_tiles, release_pages
 
 __all__ = [
     "TilePlan",
@@ -70,77 +74,11 @@ __all__ = [
 SCALE_SNAP = 0.02  # |scale - 1| below this: no resampling
 DEFAULT_TILE = 512  # model px
 DEFAULT_BATCH = {"cuda": 16, "cpu": 1}  # on CPU a second tile only adds cache misses
-RAMP_PX = 8  # blending ramp beyond the two margins: tiles agree exactly there, the ramp only hides AMP rounding
+RAMP_PX = 8  # blending ramp beyond the two margins: tiles agree exactly there, the ramp only hides bf16 rounding
 LATTICE_CROP = 1024  # side of the central crop the lattice is measured on
 
 
 # ----------------------------------------------------------------------------------------------- resampling
-
-
-def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
-    x = np.abs(x)
-    x2, x3 = x * x, x * x * x
-    near = (a + 2) * x3 - (a + 3) * x2 + 1
-    far = a * x3 - 5 * a * x2 + 8 * a * x - 4 * a
-    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
-
-
-@dataclass(frozen=True)
-class _Operator:
-    """A banded (n_out, n_in) resampling matrix (sparse) and, per output sample, the input range it reads."""
-
-    n_in: int
-    n_out: int
-    matrix: sparse.csr_matrix | None  # None: identity
-    lo: np.ndarray  # (n_out,) first input index used by each output sample
-    hi: np.ndarray  # (n_out,) last input index used + 1
-
-    @property
-    def identity(self) -> bool:
-        return self.matrix is None
-
-    def apply_rows(self, block: np.ndarray, r0: int, r1: int, c0: int) -> np.ndarray:
-        """Output rows ``r0:r1`` from ``block`` = input rows ``c0 : c0 + len(block)`` (axis 0)."""
-        if self.identity:
-            return block[r0 - c0:r1 - c0]
-        m = self.matrix[r0:r1, c0:c0 + block.shape[0]]
-        return np.asarray(m @ block, dtype=np.float32)
-
-    def apply_cols(self, block: np.ndarray) -> np.ndarray:
-        """Resample axis 1 of ``block`` (all n_in columns present) to n_out columns."""
-        if self.identity:
-            return block
-        return np.ascontiguousarray(np.asarray(self.matrix @ block.T, dtype=np.float32).T)
-
-
-def resample_operator(n_in: int, n_out: int) -> _Operator:
-    """Resampling operator from ``n_in`` to ``n_out`` samples on pixel-centre-aligned grids.
-
-    Output sample ``i`` sits at input coordinate ``(i + 0.5) * n_in / n_out - 0.5``. Keys cubic (a = -0.5) weights,
-    stretched by ``n_in / n_out`` when shrinking (antialiasing), mirror boundaries, rows normalised to sum 1.
-    """
-    if n_in < 1 or n_out < 1:
-        raise InputError(f"cannot resample {n_in} px to {n_out} px")
-    if n_in == n_out:
-        idx = np.arange(n_out, dtype=np.int64)
-        return _Operator(n_in, n_out, None, idx, idx + 1)
-    ratio = n_in / n_out
-    stretch = max(1.0, ratio)
-    support = 2.0 * stretch
-    centre = (np.arange(n_out) + 0.5) * ratio - 0.5
-    first = np.floor(centre - support).astype(np.int64) + 1
-    taps = int(math.ceil(2 * support)) + 1
-    idx = first[:, None] + np.arange(taps)[None, :]
-    w = _keys_cubic((idx - centre[:, None]) / stretch)
-    w /= w.sum(axis=1, keepdims=True)
-    idx = reflect_index(idx, n_in)
-    used = w != 0
-    lo = np.where(used, idx, n_in).min(axis=1)
-    hi = np.where(used, idx, -1).max(axis=1) + 1
-    rows = np.repeat(np.arange(n_out), taps)
-    m = sparse.csr_matrix((w.ravel().astype(np.float32), (rows, idx.ravel())), shape=(n_out, n_in))
-    m.sum_duplicates()
-    return _Operator(n_in, n_out, m, lo, hi)
 
 
 class Resampler:
@@ -326,18 +264,18 @@ def plan_tiles(generator: nn.Module, *, tile: int | None = None, overlap: int | 
 _DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 
 
-def make_tile_fn(generator: nn.Module, device: torch.device, *, tta: bool = False, amp: bool = True,
+def make_tile_fn(generator: nn.Module, device: torch.device, *, tta: bool = False, precision: str | None = "auto",
                  channels_last: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap ``generator`` as a numpy batch function for :func:`common.tiling.map_tiles`.
 
-    The batch ``(B, h, w)`` float32 (normalised units) goes to ``device`` as ``(B, 1, h, w)``; on CUDA it runs under
-    autocast (bfloat16 where supported, else float16) and channels_last; ``tta`` averages the outputs over the 8
-    dihedral transforms (rotations by 90 deg and flips), each undone before averaging.
+    The batch ``(B, h, w)`` float32 (normalised units) goes to ``device`` as ``(B, 1, h, w)`` in the channels_last
+    layout; ``precision`` ("auto", "fp32" or "bf16", see :mod:`common.precision`) decides whether it runs under
+    bfloat16 autocast, on CUDA and on the CPU alike. The result is always float32. ``tta`` averages the outputs
+    over the 8 dihedral transforms (rotations by 90 deg and flips), each undone before averaging. The function's
+    ``precision`` attribute says what "auto" resolved to ("bf16" or "fp32").
     """
+    dtype = resolve_precision(precision, device)
     generator.eval()
-    cuda = device.type == "cuda"
-    use_amp = amp and cuda
-    amp_dtype = torch.bfloat16 if (cuda and torch.cuda.is_bf16_supported()) else torch.float16
     if channels_last is None:
         channels_last = True  # faster on CUDA and with oneDNN on CPU
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -345,8 +283,7 @@ def make_tile_fn(generator: nn.Module, device: torch.device, *, tta: bool = Fals
 
     def run(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=fmt)
-        ctx = torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
-        with ctx:
+        with autocast(device, dtype):
             return generator(x).float()
 
     def fn(batch: np.ndarray) -> np.ndarray:
@@ -368,6 +305,7 @@ def make_tile_fn(generator: nn.Module, device: torch.device, *, tta: bool = Fals
                 y /= len(_DIHEDRAL)
             return y[:, 0].cpu().numpy()
 
+    fn.precision = describe_precision(dtype)
     return fn
 
 
@@ -415,7 +353,7 @@ def denoise_array(
     batch_size: int | None = None,
     tta: bool = False,
     device: str | torch.device | None = "auto",
-    amp: bool = True,
+    precision: str | None = "auto",
     whole: bool = False,
     lo_hi: tuple[float, float] | None = None,
     out: np.ndarray | None = None,
@@ -429,8 +367,9 @@ def denoise_array(
     (``info["period_px"]``: lattice period the model was trained at, model px). ``period_px`` is the micrograph's
     period in its own px (measured when None). Returns ``out`` (default a new float32 (H, W) array; an integer
     ``out`` gets rounded, clipped values). ``whole=True`` runs the network once on the whole resampled image
-    instead of tiles (reference for the tiled result; needs the whole image in memory). ``stats`` (a dict) is
-    filled with the scale, tile plan and intensity range used.
+    instead of tiles (reference for the tiled result; needs the whole image in memory). ``precision`` ("auto",
+    "fp32", "bf16"; see :mod:`common.precision`) is the network's arithmetic; the result is float32 either way.
+    ``stats`` (a dict) is filled with the scale, tile plan, intensity range and precision ("fp32"/"bf16") used.
     """
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) != 2 or min(shape) < 1:
@@ -467,10 +406,11 @@ def denoise_array(
     down_r, down_c = resample_operator(h, hm), resample_operator(w, wm)
     up_r, up_c = resample_operator(hm, h), resample_operator(wm, w)
     model_view = Resampler(image, down_r, down_c, offset=lo, scale=hi - lo)
-    fn = make_tile_fn(generator, dev, tta=tta, amp=amp)
+    fn = make_tile_fn(generator, dev, tta=tta, precision=precision)
     back = _BackResampler(up_r, up_c)
     if stats is not None:
-        stats.update(scale=scale, model_shape=(hm, wm), lo=lo, hi=hi, period_px=period_px, device=str(dev))
+        stats.update(scale=scale, model_shape=(hm, wm), lo=lo, hi=hi, period_px=period_px, device=str(dev),
+                     precision=fn.precision)
 
     if whole:
         y = fn(model_view[0:hm][None])[0]
@@ -574,7 +514,7 @@ def denoise_files(
     batch_size: int | None = None,
     tta: bool = False,
     device: str | None = "auto",
-    amp: bool = True,
+    precision: str | None = "auto",
     overwrite: bool = False,
     float32: bool = False,
     rank: int = 0,
@@ -608,6 +548,7 @@ def denoise_files(
         targets[o] = f
     mine = shard(files, rank, world_size)
     dev = pick_device(device)
+    dtype = resolve_precision(precision, dev)  # a bad name or bf16 on a GPU without it fails before any work
     generator, info = load_generator(checkpoint, map_location="cpu")
     generator.to(dev)
     plan = plan_tiles(generator, tile=tile, overlap=overlap, device=dev)
@@ -628,7 +569,8 @@ def denoise_files(
         t0 = time.perf_counter()
         try:
             st = denoise_file(f, o, generator, info, period_px=period_px, float32=float32, overwrite=overwrite,
-                              plan=plan, batch_size=batch_size, tta=tta, device=dev, amp=amp, progress=progress)
+                              plan=plan, batch_size=batch_size, tta=tta, device=dev, precision=precision,
+                              progress=progress)
         except InputError as exc:
             counts["failed"] += 1
             records.append({"input": str(f), "output": str(o), "status": "failed", "error": str(exc)})
@@ -640,5 +582,6 @@ def denoise_files(
         records.append(st)
         say(f"denoised {f.name} -> {o} ({st['shape'][0]}x{st['shape'][1]} px, period {st['period_px']:.2f} px, "
             f"scale {st['scale']:.3f}, {st.get('n_tiles', 1)} tiles, {st['seconds']:.1f} s)")
-    return {**counts, "files": records, "plan": plan.as_dict(), "device": str(dev), "rank": rank,
+    return {**counts, "files": records, "plan": plan.as_dict(), "device": str(dev),
+            "precision": describe_precision(dtype), "rank": rank,
             "world_size": world_size, "n_inputs": len(files)}

@@ -77,6 +77,7 @@ from scipy import ndimage, optimize
 from tqdm.auto import tqdm
 
 from common.errors import ConfigError, InputError
+from common.resample import resample_image
 from data_prep import dents as _dents
 from data_prep.io import list_micrographs, read_micrograph, validate_image
 from data_prep.lattice import LatticeInfo, lattice_vectors, measure_lattice
@@ -566,9 +567,10 @@ def to_model_scale(
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Resample an image so its lattice period becomes ``model_period_px``; return (float32 image, (sy, sx)).
 
-    Area averaging when shrinking (the anti-aliased choice), bicubic when enlarging. The output size is the
-    input size times ``model_period_px / period_px``, rounded; ``(sy, sx)`` are the exact per-axis factors
-    (output px per input px) that rounding leaves. Pixel edges map to pixel edges.
+    Uses the project's one resampler (:func:`common.resample.resample_operator`: Keys cubic, antialiased when
+    shrinking), the same that inference uses, so training patches carry the interpolated noise the model meets at
+    inference. The output size is the input size times ``model_period_px / period_px``, rounded; ``(sy, sx)`` are
+    the exact per-axis factors (output px per input px) that rounding leaves. Pixel edges map to pixel edges.
     """
     arr = np.asarray(image, dtype=np.float32)
     if arr.ndim != 2:
@@ -578,9 +580,7 @@ def to_model_scale(
     oh, ow = max(1, int(round(h * s))), max(1, int(round(w * s)))
     if (oh, ow) == (h, w):
         return arr.copy(), (1.0, 1.0)
-    interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_CUBIC
-    out = cv2.resize(arr, (ow, oh), interpolation=interp)
-    return out.astype(np.float32, copy=False), (oh / h, ow / w)
+    return resample_image(arr, (oh, ow)), (oh / h, ow / w)
 
 
 def crop_patches(image: np.ndarray, n: int, patch_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -19,10 +19,11 @@ import time
 import numpy as np
 
 from common.errors import InputError
+from common.precision import describe_precision
 from data_prep.io import validate_image
 from data_prep.normalize import denormalize, normalize, robust_range
 from dip_baseline.net import SkipNetConfig
-from dip_baseline.optimize import SR_SCALES, TASKS, fit_dip, resolve_device
+from dip_baseline.optimize import SR_SCALES, TASKS, dip_precision, fit_dip, resolve_device
 from dip_baseline.presets import DEFAULT_PRESET, DipPreset, DipSettings, get_preset
 from dip_baseline.stopping import STOP_RULES
 
@@ -69,7 +70,7 @@ def dip_denoise(image: np.ndarray, *, preset: str | DipPreset = DEFAULT_PRESET, 
                 stop: str = "auto", truth: np.ndarray | None = None, seed: int = 0, device=None,
                 progress: bool = False, tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                 settings: DipSettings | None = None, net: SkipNetConfig | None = None,
-                keep_history: bool = False) -> tuple[np.ndarray, dict]:
+                keep_history: bool = False, precision: str | None = "auto") -> tuple[np.ndarray, dict]:
     """Restore a micrograph with Deep Image Prior; return ``(output, record)``.
 
     ``image``: 2-D array in its own units and dtype. ``task``: "denoise", "inpaint" (``mask`` of the image's
@@ -79,9 +80,11 @@ def dip_denoise(image: np.ndarray, *, preset: str | DipPreset = DEFAULT_PRESET, 
     "auto" (needs no truth: held-out pixels pick the step, see :mod:`dip_baseline.stopping`), "fixed" (run
     ``max_steps``) or "oracle" (best PSNR against ``truth``; benchmarks only). ``truth`` (the output's shape
     and units) adds PSNR figures to the record. ``tile``: images with a side above it are processed in
-    overlapping tiles of that size (None: always whole). The same
-    ``seed`` on the same device gives the same output. The record is JSON-able: settings, steps run, the step
-    the result comes from, time, and PSNR figures when a truth was given.
+    overlapping tiles of that size (None: always whole). ``precision``: "auto", "fp32" or "bf16" (the network's
+    arithmetic, see :mod:`dip_baseline.optimize`; the result is float32 before the cast to the input's dtype
+    either way). The same ``seed`` on the same device and precision gives the same output. The record is
+    JSON-able: settings, steps run, the step the result comes from, time, precision, and PSNR figures when a
+    truth was given.
     """
     t0 = time.perf_counter()
     if task not in TASKS:
@@ -99,6 +102,7 @@ def dip_denoise(image: np.ndarray, *, preset: str | DipPreset = DEFAULT_PRESET, 
         base = base.replace(max_steps=int(max_steps))
     cfg = base.replace(stop=stop)
     dev = resolve_device(device)
+    dip_precision(precision, dev, cfg)  # a bad name fails before any work
 
     if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
         image = np.asarray(image)
@@ -165,7 +169,8 @@ def dip_denoise(image: np.ndarray, *, preset: str | DipPreset = DEFAULT_PRESET, 
     }
     if not tiled:
         run = fit_dip(x, net_cfg, cfg, task=task, mask=known, scale=scale if task == "sr" else None,
-                      truth=truth_n, seed=int(seed), device=dev, progress=progress, keep_history=keep_history)
+                      truth=truth_n, seed=int(seed), device=dev, progress=progress, keep_history=keep_history,
+                      precision=precision)
         out_n = run.output
         record.update({k: v for k, v in run.record.items() if k not in ("task", "scale", "stop", "seed", "device")})
         record["tiles"] = 1
@@ -176,7 +181,7 @@ def dip_denoise(image: np.ndarray, *, preset: str | DipPreset = DEFAULT_PRESET, 
                                  else run.variance_history.tolist()}
     else:
         out_n, tile_records = _run_tiled(x, known, net_cfg, cfg, task, int(seed), dev, progress,
-                                         int(tile), int(overlap))
+                                         int(tile), int(overlap), precision)
         steps = [r["steps_run"] for r in tile_records]
         record.update({
             "tiles": len(tile_records), "tile": int(tile), "overlap": int(overlap),
@@ -185,6 +190,7 @@ def dip_denoise(image: np.ndarray, *, preset: str | DipPreset = DEFAULT_PRESET, 
             "auto_stop_fired_per_tile": [r["auto_stop_fired"] for r in tile_records],
             "network": net_cfg.to_dict(), "settings": cfg.to_dict(),
             "parameters": next((r["parameters"] for r in tile_records if r["parameters"]), None),
+            "precision": describe_precision(dip_precision(precision, dev, cfg)[0]),
         })
         if truth_n is not None:
             record["psnr_of_result"] = psnr_db(out_n, truth_n)
@@ -197,7 +203,8 @@ def dip_denoise(image: np.ndarray, *, preset: str | DipPreset = DEFAULT_PRESET, 
 
 
 def _run_tiled(x: np.ndarray, known: np.ndarray | None, net_cfg: SkipNetConfig, cfg: DipSettings, task: str,
-               seed: int, dev, progress: bool, tile: int, overlap: int) -> tuple[np.ndarray, list[dict]]:
+               seed: int, dev, progress: bool, tile: int, overlap: int, precision: str | None = "auto"
+               ) -> tuple[np.ndarray, list[dict]]:
     """DIP on overlapping tiles of a normalised image; missing pixels (inpainting) travel as NaN."""
     from common.tiling import map_tiles
 
@@ -213,7 +220,7 @@ def _run_tiled(x: np.ndarray, known: np.ndarray | None, net_cfg: SkipNetConfig, 
             t = batch[b]
             k = len(records)
             if known is None:
-                run = fit_dip(t, net_cfg, cfg, task="denoise", seed=seed + k, device=dev)
+                run = fit_dip(t, net_cfg, cfg, task="denoise", seed=seed + k, device=dev, precision=precision)
             else:
                 m = np.isfinite(t)
                 if not m.any():  # a tile with no known pixel: nothing to fit
@@ -222,7 +229,7 @@ def _run_tiled(x: np.ndarray, known: np.ndarray | None, net_cfg: SkipNetConfig, 
                                     "parameters": None})
                     continue
                 run = fit_dip(np.where(m, t, 0.0), net_cfg, cfg, task="inpaint", mask=m, seed=seed + k,
-                              device=dev)
+                              device=dev, precision=precision)
             out[b] = run.output
             records.append(run.record)
         return out

@@ -13,9 +13,12 @@ canvas and only its own pixels enter the data term, the stopping rule and the re
 dropped, no padding is invented as data). The result is the moving average of the outputs (or the raw output
 when ``ema`` is 0), taken at the step the stopping rule picks.
 
-On CUDA the network runs under autocast (bfloat16 where supported, else float16 with loss scaling) in the
-channels-last layout; the output layer, the data term and the averages stay in float32. On the CPU the same
-seed gives a bit-identical result: weights, code and input perturbations all come from seeded generators.
+Precision (``precision`` = "auto", "fp32" or "bf16"; :func:`dip_precision`): "auto" runs the network under
+bfloat16 autocast on a CUDA device with bf16 (float16 with loss scaling on older GPUs) and on a CPU with native
+bf16 instructions (AMX-BF16/AVX512-BF16), in float32 elsewhere; "bf16" forces bfloat16 autocast on any CPU (where
+it is emulated it is slower) and on CUDA devices with bf16. Under autocast the layout is channels-last; the data
+term, the averages and the result stay in float32. On the CPU the same seed and precision give a bit-identical
+result: weights, code and input perturbations all come from seeded generators.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from common.errors import InputError
+from common.precision import describe_precision, resolve_precision
 from dip_baseline.lanczos import LanczosDownsampler
 from dip_baseline.net import SkipNetConfig, build_skipnet, count_parameters
 from dip_baseline.presets import DipSettings
@@ -72,6 +76,23 @@ def _grad_scaler(enabled: bool):
     if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler("cuda", enabled=enabled)
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+
+
+def dip_precision(precision: str | None, device: torch.device, settings: DipSettings | None = None
+                  ) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, None for float32; whether float16 loss scaling is on) for ``precision`` on ``device``.
+
+    As :func:`common.precision.resolve_precision`, except that "auto" on a CUDA device without bf16 keeps the
+    float16 (+ loss scaling) the DIP has always used there, and that ``settings.amp = False`` turns "auto" into
+    float32 (an explicit "bf16" still wins). InputError for an unknown name or bf16 on a GPU without it.
+    """
+    dtype = resolve_precision(precision, device)  # checks the name first
+    name = "auto" if precision in (None, "") else precision
+    if name == "auto" and settings is not None and not settings.amp:
+        return None, False
+    if name == "auto" and dtype is None and torch.device(device).type == "cuda":
+        return torch.float16, True
+    return dtype, False
 
 
 def psnr(x: torch.Tensor, truth: torch.Tensor, data_range: float) -> float:
@@ -149,6 +170,7 @@ class _Problem:
     truth: torch.Tensor | None
     data_range: float | None
     seed: int
+    precision: str | None = "auto"
 
 
 @dataclass
@@ -166,6 +188,7 @@ class _Pass:
     criterion_history: np.ndarray | None
     parameters: int
     amp: str | bool
+    precision: str
 
 
 def _optimise(pb: _Problem, weight: torch.Tensor, *, rule: str, max_steps: int, keep_step: int | None = None,
@@ -181,20 +204,20 @@ def _optimise(pb: _Problem, weight: torch.Tensor, *, rule: str, max_steps: int, 
     hc, wc = pb.canvas
     oy, ox, oh, ow = pb.crop
     use_cuda = dev.type == "cuda"
-    amp = bool(settings.amp and use_cuda)
-    amp_dtype = torch.bfloat16 if (amp and torch.cuda.is_bf16_supported()) else torch.float16
+    amp_dtype, use_scaler = dip_precision(pb.precision, dev, settings)
     with torch.random.fork_rng(devices=[]):  # weights and code come from the CPU generator: same on any device
         torch.manual_seed(pb.seed)
         net = build_skipnet(pb.net_cfg)
         gen = torch.Generator().manual_seed(pb.seed)
         z = torch.rand((1, pb.net_cfg.input_channels, hc, wc), generator=gen) * settings.input_scale
     net = net.to(dev).train()
-    memory_format = torch.channels_last if (use_cuda and settings.channels_last) else torch.contiguous_format
+    memory_format = (torch.channels_last if settings.channels_last and (use_cuda or amp_dtype is not None)
+                     else torch.contiguous_format)
     net = net.to(memory_format=memory_format)
     z = z.to(dev).contiguous(memory_format=memory_format)
     perturb_gen = torch.Generator(device=dev).manual_seed(pb.seed + 1)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
-    scaler = _grad_scaler(amp and amp_dtype == torch.float16)
+    scaler = _grad_scaler(use_scaler)
     weight_sum = float(weight.sum())
 
     stopper = None
@@ -228,7 +251,7 @@ def _optimise(pb: _Problem, weight: torch.Tensor, *, rule: str, max_steps: int, 
                 noise = torch.randn(z.shape, generator=perturb_gen, device=dev)
                 inp = z + settings.input_noise_std * noise.contiguous(memory_format=memory_format)
             opt.zero_grad(set_to_none=True)
-            ctx = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext()
+            ctx = torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with ctx:
                 out = net(inp)
             out = out.float()
@@ -300,20 +323,24 @@ def _optimise(pb: _Problem, weight: torch.Tensor, *, rule: str, max_steps: int, 
                  psnrs=psnrs, best_psnr=best_psnr, best_step=best_step, fired_at=fired_at,
                  criterion_best_step=None if stopper is None else stopper.best_step,
                  criterion_history=None if stopper is None else stopper.variance_history,
-                 parameters=count_parameters(net), amp=amp and str(amp_dtype).replace("torch.", ""))
+                 parameters=count_parameters(net),
+                 amp=False if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+                 precision=describe_precision(amp_dtype))
 
 
 def fit_dip(target: np.ndarray, net_cfg: SkipNetConfig, settings: DipSettings, *, task: str = "denoise",
             mask: np.ndarray | None = None, scale: int | None = None, truth: np.ndarray | None = None,
             seed: int = 0, device: str | torch.device | None = None, progress: bool = False,
-            desc: str = "DIP", keep_history: bool = False, observe_only: bool = False) -> DipRun:
+            desc: str = "DIP", keep_history: bool = False, observe_only: bool = False,
+            precision: str | None = "auto") -> DipRun:
     """Fit DIP to ``target`` (float32 H x W, normalised units) and return the restored image.
 
     ``mask`` (inpaint): same shape, nonzero = known pixel. ``scale`` (sr): 2 or 4; the result is
     (H*scale, W*scale). ``truth`` (optional, the result's shape and units) gives a PSNR per step, and is
     required by the ``oracle`` stopping rule. The same ``seed`` on the same device gives the same result.
     ``observe_only`` (benchmarks): the automatic rule picks its result but the run goes on to ``max_steps``,
-    so the oracle figures cover the whole run.
+    so the oracle figures cover the whole run. ``precision``: "auto", "fp32" or "bf16" (see the module docstring
+    and :func:`dip_precision`).
 
     The automatic stop (``settings.stop == "auto"``) uses ``settings.auto_rule``: "holdout" (the default; see
     :mod:`dip_baseline.stopping`) runs a first pass with held-out pixels to find the step, then (``refit``) a
@@ -324,6 +351,7 @@ def fit_dip(target: np.ndarray, net_cfg: SkipNetConfig, settings: DipSettings, *
     if settings.stop == "oracle" and truth is None:
         raise InputError("the oracle stopping rule needs a truth image")
     dev = resolve_device(device)
+    dip_precision(precision, dev, settings)  # a bad name fails before any work
     h, w = target.shape
     oh, ow = h * scale, w * scale
     hc, wc, oy, ox = _canvas(net_cfg, h, w, scale)
@@ -338,7 +366,8 @@ def fit_dip(target: np.ndarray, net_cfg: SkipNetConfig, settings: DipSettings, *
                   crop=(oy, ox, oh, ow), canvas=(hc, wc),
                   down=LanczosDownsampler(scale).to(dev) if task == "sr" else None,
                   truth=None if truth is None else torch.from_numpy(truth).to(dev),
-                  data_range=None if truth is None else (float(truth.max() - truth.min()) or 1.0), seed=int(seed))
+                  data_range=None if truth is None else (float(truth.max() - truth.min()) or 1.0), seed=int(seed),
+                  precision=precision)
     weight_t = torch.from_numpy(weight)[None, None].to(dev)
 
     rule = settings.stop if settings.stop != "auto" else settings.auto_rule
@@ -391,6 +420,7 @@ def fit_dip(target: np.ndarray, net_cfg: SkipNetConfig, settings: DipSettings, *
         "seed": int(seed),
         "device": str(dev),
         "amp": final.amp,
+        "precision": final.precision,
         "canvas": [hc, wc],
         "parameters": final.parameters,
         "network": net_cfg.to_dict(),

@@ -32,7 +32,9 @@ class DipSettings:
 
     ``input_scale``: the fixed code z is uniform in [0, input_scale]. ``input_noise_std``: Gaussian
     perturbation added to z at every step (0 disables). ``ema``: weight of the exponential moving average of
-    the outputs (0 disables; the average is the result). ``amp`` and ``channels_last`` apply on CUDA only.
+    the outputs (0 disables; the average is the result). ``amp = False`` makes precision "auto" mean float32
+    (see :func:`dip_baseline.optimize.dip_precision`); ``channels_last`` applies whenever the network runs on
+    CUDA or under bf16 autocast.
     """
 
     lr: float = 0.01

@@ -3,6 +3,7 @@
     python scripts/bench_infer.py --mode speed  [--size 1024] [--model default|tiny] [--period 20]
     python scripts/bench_infer.py --mode memory [--size 16384] [--model tiny|default] [--period 20]
     python scripts/bench_infer.py --mode figure --checkpoint RUN_DIR/generator.pt [--out docs/stitched.png]
+    python scripts/bench_infer.py --mode precision [--size 4096] [--checkpoint G.pt] [--precisions auto,fp32]
     options: [--tile PX] [--batch-size N] [--device auto|cpu|cuda] [--threads N] [--workdir DIR] [--keep]
 
 speed: one simulated-looking lattice micrograph of --size^2 px (float32, in memory) is denoised by
@@ -18,6 +19,12 @@ memory: a --size^2 float32 TIFF is written to --workdir (strip by strip) and den
   (cyclegan.infer.denoise_file: memory-mapped input and output, streamed) in a SUBPROCESS, whose peak resident
   memory (resource.getrusage ru_maxrss) is printed together with the time and the resident memory it had
   after start-up (torch, the model) before the work began.
+precision: a --size^2 float32 TIFF (simulated-looking lattice) is written to --workdir and denoised end to end
+  by cyclegan.infer.denoise_file (read, normalise, resample, tiles, write) once per precision in --precisions
+  (default "auto,fp32"), all in the same run with the same generator: --checkpoint, else the shipped
+  models/default.pt when it exists, else a freshly initialised generator of the default profile's architecture
+  (random weights, head not zero). Prints seconds and MP/s of input for each, the ratio to the fp32 run, what
+  "auto" resolved to, whether the CPU has native bf16 instructions, and how far each output is from fp32's.
 figure: a simulated micrograph (dents, vacancies) denoised in stitched tiles with a trained generator, drawn
   next to its noisy input and the noise-free truth, tile edges marked, with a zoom on a tile corner.
 """
@@ -356,6 +363,95 @@ def run_figure(args) -> dict:
     return {"max_diff": diff, "seed_max_diff": seed_diff, "matched": len(fi), "n_true": len(r.columns), "n_found": len(found)}
 
 
+# ----------------------------------------------------------------------------------------------- precision
+
+
+def precision_model(checkpoint: str | None):
+    """(generator, info, description) for the precision benchmark: see the module docstring."""
+    import torch
+
+    from cyclegan.checkpoint import default_model_path, load_generator
+
+    path = Path(checkpoint) if checkpoint else default_model_path()
+    if checkpoint or path.is_file():
+        g, info = load_generator(path)
+        cfg = g.cfg
+        return g, info, f"{path} (width {cfg.width}, {cfg.n_blocks} blocks)"
+    from cyclegan.config import profile_config
+    from cyclegan.models import build_generator
+
+    cfg = profile_config("default").generator
+    torch.manual_seed(0)
+    g = build_generator(cfg)
+    torch.nn.init.normal_(g.head.weight, 0.0, 0.02)
+    return (g.eval(), dict(INFO), f"fresh default-profile generator (width {cfg.width}, {cfg.n_blocks} blocks, "
+            f"{cfg.n_down} stride-2 stages; random weights: {path} does not exist)")
+
+
+def run_precision(args) -> dict:
+    import numpy as np
+    import torch
+
+    from common.precision import cpu_has_native_bf16, describe_precision, resolve_precision
+    from cyclegan.infer import denoise_array, denoise_file, pick_device, plan_tiles
+    from data_prep.io import read_micrograph
+
+    names = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not names or len(set(names)) != len(names):
+        raise InputError(f"--precisions must list distinct precisions, got {args.precisions!r}")
+    dev = pick_device(args.device)
+    resolved = {p: describe_precision(resolve_precision(p, dev)) for p in names}  # checks every name first
+    g, info, who = precision_model(args.checkpoint)
+    g = g.to(dev)
+    plan = plan_tiles(g, tile=args.tile, device=dev)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_precision_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / f"lattice_{args.size}.tif"
+    t0 = time.perf_counter()
+    if not src.exists():
+        write_test_tiff(src, args.size, args.period)
+    native = cpu_has_native_bf16()
+    print(f"device {dev} ({torch.get_num_threads()} threads), CPU native bf16: {'yes' if native else 'no'}; "
+          f"\"auto\" resolves to {describe_precision(resolve_precision('auto', dev))}; model {who}; input "
+          f"{args.size}x{args.size} float32 TIFF, period {args.period} px -> scale "
+          f"{info['period_px'] / args.period:.3f} (written in {time.perf_counter() - t0:.1f} s)", flush=True)
+    warm = np.asarray(read_micrograph(src)[0][:256, :256])
+    mp = args.size * args.size / 1e6
+    res: dict = {"size": args.size, "device": str(dev), "cpu_native_bf16": native, "model": who, "runs": {}}
+    outputs = {}
+    for p in names:
+        denoise_array(warm, g, info, period_px=args.period, plan=plan, device=dev, precision=p)  # kernels, caches
+        dst = workdir / f"denoised_{args.size}_{p}.tif"
+        t0 = time.perf_counter()
+        stats = denoise_file(src, dst, g, info, period_px=args.period, plan=plan, batch_size=args.batch_size,
+                             device=dev, precision=p, overwrite=True)
+        seconds = time.perf_counter() - t0
+        res["runs"][p] = {"seconds": seconds, "mp_per_s": mp / seconds, "ran_as": stats["precision"],
+                          "n_tiles": stats.get("n_tiles"), "streamed": stats["streamed"]}
+        outputs[p] = dst
+        print(f"{p:>4} (ran as {stats['precision']}): {seconds:.2f} s = {mp / seconds:.3f} MP/s "
+              f"({stats.get('n_tiles', 1)} tiles, batch {stats.get('batch_size')})", flush=True)
+    base = "fp32" if "fp32" in res["runs"] else names[0]
+    ref = read_micrograph(outputs[base])[0].astype(np.float64)
+    for p in names:
+        r = res["runs"][p]
+        r["speedup_vs_" + base] = res["runs"][base]["seconds"] / r["seconds"]
+        if p != base:
+            db = _psnr(read_micrograph(outputs[p])[0], ref)
+            r["psnr_vs_" + base] = db if math.isfinite(db) else None  # None: bit-identical (strict JSON)
+            same = r["ran_as"] == res["runs"][base]["ran_as"]
+            print(f"{p} vs {base}: {r['speedup_vs_' + base]:.2f}x the speed of {base}; output "
+                  f"{'bit-identical to' if not math.isfinite(db) else f'PSNR {db:.1f} dB against'} {base}'s"
+                  f"{' (same arithmetic: the time ratio is run-to-run noise)' if same else ''}", flush=True)
+    print("RESULT " + json.dumps(res), flush=True)
+    if not args.keep:
+        for f in (src, *outputs.values()):
+            f.unlink(missing_ok=True)
+        if not args.workdir:
+            workdir.rmdir()
+    return res
+
+
 # ----------------------------------------------------------------------------------------------- memory
 
 
@@ -424,8 +520,9 @@ def run_memory(args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Benchmark stitched tile inference (speed vs a naive loop; memory).")
-    p.add_argument("--mode", choices=["speed", "memory", "figure"], default="speed")
-    p.add_argument("--size", type=int, default=None, help="image side in px (default: 1024 speed, 16384 memory)")
+    p.add_argument("--mode", choices=["speed", "memory", "figure", "precision"], default="speed")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side in px (default: 1024 speed, 16384 memory, 4096 precision)")
     p.add_argument("--model", choices=sorted(MODELS), default=None,
                    help="generator size (default: default for speed, tiny for memory)")
     p.add_argument("--period", type=float, default=20.0, help="lattice period of the test image in px")
@@ -434,10 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-naive", action="store_true", help="speed: skip the naive loop")
-    p.add_argument("--workdir", default=None, help="memory: folder for the test TIFFs (default: a temp folder)")
-    p.add_argument("--keep", action="store_true", help="memory: keep the TIFFs")
+    p.add_argument("--workdir", default=None,
+                   help="memory, precision: folder for the test TIFFs (default: a temp folder)")
+    p.add_argument("--keep", action="store_true", help="memory, precision: keep the TIFFs")
     p.add_argument("--checkpoint", default=None,
-                   help="figure: generator export to denoise with (default: train a supervised stand-in)")
+                   help="figure: generator export to denoise with (default: train a supervised stand-in); "
+                        "precision: default the shipped models/default.pt, else a fresh default-profile generator")
+    p.add_argument("--precisions", default="auto,fp32",
+                   help="precision: comma-separated precisions to time in one run (default %(default)s)")
     p.add_argument("--out", default="docs/stitched.png", help="figure: PNG to write (default %(default)s)")
     p.add_argument("--worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     return p
@@ -459,6 +560,9 @@ def main(argv=None) -> int:
         return 0
     if args.mode == "figure":
         run_figure(args)
+    elif args.mode == "precision":
+        args.size = args.size or 4096
+        run_precision(args)
     elif args.mode == "speed":
         args.size = args.size or 1024
         args.model = args.model or "default"

@@ -3,7 +3,7 @@
     python scripts/dip_denoise.py INPUT... --out DIR [--task denoise|inpaint|sr] [--mask FILE]
         [--mask-marks known|missing] [--scale 2|4] [--preset light|microscopy|ulyanov] [--steps N]
         [--stop auto|fixed|oracle] [--truth FILE] [--seed N] [--device auto|cpu|cuda|cuda:K]
-        [--tile PX] [--overlap PX] [--frame K] [--float32] [--overwrite] [--quiet]
+        [--precision auto|fp32|bf16] [--tile PX] [--overlap PX] [--frame K] [--float32] [--overwrite] [--quiet]
 
 INPUT is any mix of micrograph files and folders. Each result is written to DIR/<name>_dip.tif in the input's
 dtype (16-bit stays 16-bit; --float32 keeps full precision) with its pixel size (divided by the scale for
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", default=None, help="noise-free truth image (one input only): adds PSNR figures")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:K")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="network arithmetic: auto (default; bf16 on CUDA with bf16, fp16 on older GPUs, bf16 on CPUs "
+                        "with AMX/AVX512-BF16, else fp32), fp32, or bf16 (emulated and slower on other CPUs)")
     p.add_argument("--tile", type=positive_int, default=DEFAULT_TILE,
                    help="images with a side above this run in tiles of this size (default %(default)s px)")
     p.add_argument("--overlap", type=nonneg_int, default=DEFAULT_OVERLAP,
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     from common.atomic import atomic_write_bytes
     from data_prep.io import list_micrographs, read_micrograph, read_micrograph_meta, write_micrograph
     from dip_baseline.api import dip_denoise
-    from dip_baseline.optimize import resolve_device
+    from dip_baseline.optimize import dip_precision, resolve_device
 
     if args.task == "inpaint" and args.mask is None:
         raise InputError("--task inpaint needs --mask FILE")
@@ -104,6 +107,7 @@ def main(argv=None) -> int:
     if args.stop == "oracle" and args.truth is None:
         raise InputError("--stop oracle needs --truth FILE")
     device = resolve_device(None if args.device == "auto" else args.device)
+    dip_precision(args.precision, device)  # bf16 on a GPU without it: one line before any work
 
     files = list_micrographs(args.inputs)
     if args.truth is not None and len(files) != 1:
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
         out, record = dip_denoise(
             image, preset=args.preset, task=args.task, mask=known, scale=args.scale, max_steps=args.steps,
             stop=args.stop, truth=truth, seed=args.seed, device=device, progress=not args.quiet,
-            tile=args.tile, overlap=args.overlap)
+            tile=args.tile, overlap=args.overlap, precision=args.precision)
         out_meta = meta
         if scale != 1:
             out_meta = dataclasses.replace(

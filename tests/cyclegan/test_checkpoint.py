@@ -2,6 +2,7 @@
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,15 @@ def test_export_requires_the_atom_scale(tmp_path):
     cfg = GeneratorConfig(width=4, n_blocks=1)
     with pytest.raises(ValueError, match="period_px"):
         export_generator(tmp_path / "g.pt", build_generator(cfg), cfg, {"patch_px": 64, "direction": "A2B"})
+
+
+def test_default_model_path_is_the_repository_file_unless_the_environment_names_another(monkeypatch, tmp_path):
+    from cyclegan.checkpoint import default_model_path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.delenv("STEM_DENOISE_MODEL", raising=False)
+    assert default_model_path() == root / "models" / "default.pt"
+    monkeypatch.setenv("STEM_DENOISE_MODEL", "  ")  # blank counts as unset
+    assert default_model_path() == root / "models" / "default.pt"
+    monkeypatch.setenv("STEM_DENOISE_MODEL", str(tmp_path / "mine.pt"))
+    assert default_model_path() == tmp_path / "mine.pt"

@@ -1,6 +1,8 @@
 """Stitched tile inference: identity, constants, tiled == whole for a trained generator, no seams, columns kept."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import tifffile
@@ -312,3 +314,53 @@ def test_bad_arguments():
         with pytest.raises(InputError, match="CUDA"):
             pick_device("cuda")
     assert pick_device("cpu").type == "cpu"
+
+
+# ----------------------------------------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize("period, tile", [(MODEL_PERIOD, 64), (20.0, 48)])
+def test_bf16_tiled_equals_whole_image(trained, period, tile):
+    """bf16 autocast (emulated where the CPU has no bf16 instructions: only slower) keeps tiles seamless."""
+    r = simulate(shape=(150, 190), period_px=period, angle_deg=23, dose=10, dents=1, seed=3)
+    stats = {}
+    tiled = denoise_array(r.noisy, trained, INFO, period_px=period, tile=tile, batch_size=3, stats=stats,
+                          precision="bf16")
+    whole = denoise_array(r.noisy, trained, INFO, period_px=period, whole=True, precision="bf16")
+    assert stats["precision"] == "bf16" and stats["n_tiles"] >= 4
+    assert tiled.dtype == np.float32 and np.isfinite(tiled).all()
+    assert psnr(tiled, whole) >= 50.0
+
+
+def test_bf16_output_is_close_to_fp32(trained):
+    r = simulate(shape=(160, 200), period_px=16.0, angle_deg=31, dose=10, dents=1, seed=11)
+    fp32 = denoise_array(r.noisy, trained, INFO, period_px=16.0, tile=64, precision="fp32")
+    bf16 = denoise_array(r.noisy, trained, INFO, period_px=16.0, tile=64, precision="bf16")
+    assert bf16.dtype == np.float32
+    assert not np.array_equal(bf16, fp32)  # bf16 really ran
+    assert psnr(bf16, fp32) >= 45.0
+    # the network's change of the image is kept, not only the input carried through the residual path
+    change = fp32 - r.noisy
+    assert np.corrcoef((bf16 - r.noisy).ravel(), change.ravel())[0, 1] > 0.99
+
+
+def test_fp32_is_the_plain_float32_network_and_auto_follows_the_cpu(trained):
+    """precision fp32 runs exactly the float32 network (as before precision existed); "auto" on a CPU picks bf16
+    only with native bf16 instructions."""
+    from common.precision import cpu_has_native_bf16
+
+    x = np.random.default_rng(12).random((2, 40, 56)).astype(np.float32)
+    fn = make_tile_fn(trained, torch.device("cpu"), precision="fp32")
+    assert fn.precision == "fp32"
+    net = copy.deepcopy(trained).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(x)[:, None].contiguous(memory_format=torch.channels_last))[:, 0].numpy()
+    np.testing.assert_array_equal(fn(x), ref)
+    auto = make_tile_fn(trained, torch.device("cpu"))
+    assert auto.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    if not cpu_has_native_bf16():
+        np.testing.assert_array_equal(auto(x), ref)
+    with pytest.raises(InputError, match="precision"):
+        make_tile_fn(trained, torch.device("cpu"), precision="fp16")
+    with pytest.raises(InputError, match="precision"):
+        denoise_array(x[0], trained, INFO, period_px=MODEL_PERIOD, lo_hi=(0.0, 1.0), precision="half")

@@ -160,7 +160,7 @@ def test_to_model_scale_and_small_images():
     img = np.random.default_rng(0).random((200, 300)).astype(np.float32)
     out, (sy, sx) = to_model_scale(img, 20.0, 12.8)
     assert out.shape == (128, 192) and sy == pytest.approx(0.64) and sx == pytest.approx(0.64)
-    assert out.mean() == pytest.approx(img.mean(), abs=0.01)  # area averaging keeps the level
+    assert out.mean() == pytest.approx(img.mean(), abs=0.01)  # the antialiased resampler keeps the level
     with pytest.raises(InputError, match="a patch needs 5 x 5"):
         extract_atom_patches(img[:90, :90], 20.0, n=2)  # 4.5 periods
 

@@ -202,3 +202,99 @@ def test_bad_option_values_are_usage_errors(tmp_path, checkpoint, capsys):
     for bad in (["--tile", "0"], ["--batch-size", "-3"], ["--period", "nan"]):
         code, _, err = _run([str(tmp_path), "--checkpoint", str(checkpoint), "--out", str(tmp_path), *bad], capsys)
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "--help" in err
+
+
+# ----------------------------------------------------------------------------------------------- precision
+
+
+def test_precision_fp32_is_the_plain_float32_network(tmp_path, checkpoint, capsys):
+    """--precision fp32 gives exactly the float32 network's output (what the script computed before it had a
+    precision option), and so does the default on a CPU without native bf16; bf16 gives a close one."""
+    from common.precision import cpu_has_native_bf16
+    from cyclegan.checkpoint import load_generator
+    from data_prep.normalize import robust_range
+
+    r = simulate(shape=(96, 120), period_px=12.8, angle_deg=14.0, dose=20, seed=5)
+    (tmp_path / "in").mkdir()
+    src = write_micrograph(tmp_path / "in" / "m.tif", r.noisy, MicrographMeta(
+        source_dtype="float32", pixel_size=0.01, unit="nm", path="", shape=(96, 120)))
+    outs = {}
+    for name in ("fp32", "auto", "bf16"):
+        flag = [] if name == "auto" else ["--precision", name]
+        code, stdout, err = _run([str(src), "--checkpoint", str(checkpoint), "--out", str(tmp_path / name),
+                                  "--quiet", "--period", "12.8", "--float32", *flag], capsys)
+        assert code == 0, err
+        resolved = name if name != "auto" else ("bf16" if cpu_has_native_bf16() else "fp32")
+        assert f"(device cpu, {resolved}," in stdout
+        outs[name] = read_micrograph(tmp_path / name / "m.tif")[0]
+    # the reference: whole-image normalisation, the network in float32 (one tile covers this image), back to units
+    g, _ = load_generator(checkpoint)
+    lo, hi = (np.float32(v) for v in robust_range(r.noisy))
+    x = (r.noisy.astype(np.float32) - lo) / (hi - lo)
+    g = g.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y = g(torch.from_numpy(x)[None, None].contiguous(memory_format=torch.channels_last))[0, 0].numpy()
+    ref = y * (hi - lo) + lo
+    np.testing.assert_array_equal(outs["fp32"], ref)
+    if not cpu_has_native_bf16():
+        np.testing.assert_array_equal(outs["auto"], ref)
+    assert not np.array_equal(outs["bf16"], ref)
+    err = np.sqrt(np.mean((outs["bf16"].astype(np.float64) - ref) ** 2))
+    assert 20 * np.log10(np.ptp(ref) / err) >= 45.0
+
+
+def test_bad_precision_is_a_usage_error(tmp_path, checkpoint, capsys):
+    code, _, err = _run([str(tmp_path), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+                         "--precision", "fp16"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "--precision" in err and "fp16" in err
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------------- default model
+
+
+def test_no_checkpoint_uses_the_model_named_by_the_environment(tmp_path, checkpoint, capsys, monkeypatch):
+    inputs = _micrographs(tmp_path / "in", n=1, shape=(96, 96))
+    monkeypatch.setenv("STEM_DENOISE_MODEL", str(checkpoint))
+    code, stdout, err = _run([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet", "--period", "16"],
+                             capsys)
+    assert code == 0, err
+    lines = [ln for ln in stdout.splitlines() if "default model" in ln]
+    assert len(lines) == 1 and str(checkpoint) in lines[0] and "STEM_DENOISE_MODEL" in lines[0]
+    assert "1 denoised" in stdout
+    x, _ = read_micrograph(inputs[0])
+    y, _ = read_micrograph(tmp_path / "out" / inputs[0].name)
+    assert y.shape == x.shape and np.abs(y - x).mean() > 0
+
+
+def test_no_checkpoint_uses_the_shipped_model(tmp_path, checkpoint, capsys, monkeypatch):
+    import cyclegan.checkpoint as ck
+
+    _micrographs(tmp_path / "in", n=1, shape=(96, 96))
+    monkeypatch.delenv("STEM_DENOISE_MODEL", raising=False)
+    monkeypatch.setattr(ck, "default_model_path", lambda: checkpoint)
+    code, stdout, err = _run([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet", "--period", "16"],
+                             capsys)
+    assert code == 0, err
+    lines = [ln for ln in stdout.splitlines() if "default model" in ln]
+    assert len(lines) == 1 and lines[0].startswith("using the shipped default model ")
+    assert "models/README.md" in lines[0] and "1 denoised" in stdout
+
+
+@pytest.mark.parametrize("from_env", [True, False])
+def test_missing_default_model_is_one_error_line(tmp_path, capsys, monkeypatch, from_env):
+    import cyclegan.checkpoint as ck
+
+    _micrographs(tmp_path / "in", n=1, shape=(96, 96))
+    missing = tmp_path / "nowhere" / "default.pt"
+    if from_env:
+        monkeypatch.setenv("STEM_DENOISE_MODEL", str(missing))
+    else:
+        monkeypatch.delenv("STEM_DENOISE_MODEL", raising=False)
+        monkeypatch.setattr(ck, "default_model_path", lambda: missing)
+    code, stdout, err = _run([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(missing) in err and "--checkpoint" in err
+    assert ("STEM_DENOISE_MODEL" in err) == from_env
+    assert not (tmp_path / "out").exists()

@@ -134,3 +134,21 @@ def test_output_folder_that_cannot_be_made_is_one_line(cli, tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "output folder" in err
     code, _, err = _run(cli, [inp, "--out", blocker, "--steps", "2"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a folder" in err
+
+
+def test_precision_is_passed_through_and_recorded(cli, tmp_path, capsys):
+    image = (_lattice((32, 32)) * 100).astype(np.float32)
+    inp = _write(tmp_path / "a.tif", image)
+    recs = {}
+    for precision in ("fp32", "bf16"):
+        code, _, err = _run(cli, [inp, "--out", tmp_path / precision, "--steps", "4", "--stop", "fixed", "--quiet",
+                                  "--device", "cpu", "--float32", "--precision", precision], capsys)
+        assert code == 0, err
+        recs[precision] = json.loads((tmp_path / precision / "a_dip.json").read_text())
+    assert recs["fp32"]["precision"] == "fp32" and recs["bf16"]["precision"] == "bf16"
+    a = read_micrograph(tmp_path / "fp32" / "a_dip.tif")[0]
+    b = read_micrograph(tmp_path / "bf16" / "a_dip.tif")[0]
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.2 * np.ptp(image)
+    code, _, err = _run(cli, [inp, "--out", tmp_path / "o", "--precision", "half"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "--precision" in err
+    assert not (tmp_path / "o").exists()
