@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 from common.errors import ConfigError
 from cyclegan.models import DiscriminatorConfig, GeneratorConfig
+from cyclegan.pairs import NoiseRanges
 
-PROFILES = ("default", "quick")
+PROFILES = ("default", "quick", "classic", "classic-quick")
 
 # Fields that may change when a run is resumed; any other difference would break exact resumption.
 RUNTIME_FIELDS = frozenset({"steps", "log_every", "image_every", "checkpoint_every", "keep_previous",
@@ -71,6 +72,15 @@ class TrainConfig:
     lambda_lowfreq: float = 5.0
     lowfreq_sigma_periods: float = 1.0
     pool_size: int = 50
+    objective: Literal["classic", "stochastic"] = "classic"
+    clean_source: Literal["synthetic", "trainB"] = "synthetic"
+    lambda_clean: float = 10.0
+    lambda_adv: float = 1.0
+    scale_in_loop: bool = True
+    scale_jitter: float = 0.08
+    period_range: tuple[float, float] = (6.0, 40.0)
+    bank_size: int = 600
+    noise: NoiseRanges = field(default_factory=NoiseRanges)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     device: str = "auto"
@@ -109,13 +119,34 @@ class TrainConfig:
         need(self.period_px is None or self.period_px > 1, "period_px must be > 1 pixel")
         need(self.patch_px is None or self.patch_px >= 8, "patch_px must be >= 8")
         need(self.atoms_per_patch is None or self.atoms_per_patch > 0, "atoms_per_patch must be > 0")
+        need(self.lambda_clean >= 0 and self.lambda_adv >= 0, "lambda_clean and lambda_adv must be >= 0")
+        need(0 <= self.scale_jitter <= 0.5, f"scale_jitter must be in [0, 0.5], got {self.scale_jitter}")
+        lo, hi = self.period_range
+        need(2 <= lo <= hi <= 200, f"period_range must be [low, high] px with 2 <= low <= high <= 200, got "
+                                   f"{list(self.period_range)}")
+        need(1 <= self.bank_size <= 100000, f"bank_size must be in 1..100000, got {self.bank_size}")
+        self.noise.validate()
 
 
 def profile_config(name: str = "default") -> TrainConfig:
-    """The named profile's config ("default" or "quick")."""
+    """The named profile's config (see the module docstring)."""
     if name == "default":
-        return TrainConfig()
+        return TrainConfig(
+            objective="stochastic", clean_source="trainB", steps=4000, batch_size=16, crop_px=64, lr=5e-4, beta1=0.9, decay_start=0.5,
+            num_workers=0, log_every=10, image_every=250, checkpoint_every=250, period_px=12.8, patch_px=64,
+            atoms_per_patch=5.0, generator=GeneratorConfig(width=16, n_blocks=6, n_down=2),
+        )
     if name == "quick":
+        return TrainConfig(
+            objective="stochastic", clean_source="trainB", steps=300, batch_size=8, crop_px=48, lr=5e-4, beta1=0.9, decay_start=0.5,
+            num_workers=0, log_every=10, image_every=100, checkpoint_every=100, period_px=12.8, patch_px=64,
+            atoms_per_patch=5.0, bank_size=80,
+            generator=GeneratorConfig(width=8, n_blocks=3, n_down=2),
+            discriminator=DiscriminatorConfig(width=16, n_layers=2),
+        )
+    if name == "classic":
+        return TrainConfig()
+    if name == "classic-quick":
         return TrainConfig(
             steps=600, batch_size=8, crop_px=48, decay_start=0.5, num_workers=0, log_every=10,
             image_every=100, checkpoint_every=100,
@@ -125,9 +156,17 @@ def profile_config(name: str = "default") -> TrainConfig:
     raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
 
 
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
 def config_to_dict(cfg: Any) -> dict:
-    """Plain JSON-able dict of a (nested) config dataclass."""
-    return dataclasses.asdict(cfg)
+    """Plain JSON-able dict of a (nested) config dataclass (tuples as lists, as JSON holds them)."""
+    return _plain(dataclasses.asdict(cfg))
 
 
 def _type_name(tp: Any) -> str:
@@ -155,6 +194,11 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{where}: expected one of {list(choices)}, got {value!r}")
         return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if dataclasses.is_dataclass(tp):
         return dataclass_from_dict(tp, value, where)
     if tp is bool:

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from common.atomic import atomic_write_bytes
 from common.errors import CheckpointError, ConfigError, InputError
+from common.precision import resolve_precision
 from cyclegan import losses
 from cyclegan.checkpoint import (FORMAT_VERSION, TRAIN_KIND, CheckpointWriteError, export_generator,
                                  safe_torch_load, save_checkpoint)
@@ -62,6 +63,7 @@ from cyclegan.data import DataInfo, StepBatchSampler, UnpairedPatches, make_load
 from cyclegan.models import build_discriminator, build_generator
 
 LOSS_NAMES = ("loss_G", "gan_G", "gan_F", "cycle_A", "cycle_B", "idt_A", "idt_B", "lowfreq", "loss_D_A", "loss_D_B")
+STOCHASTIC_LOSS_NAMES = ("loss_G", "clean", "gan_G", "lowfreq", "loss_D_B")
 NETS = ("G", "F", "D_A", "D_B")
 
 
@@ -119,16 +121,22 @@ def pick_device(pref: str, ctx: DistContext) -> torch.device:
 
 
 def precision_for(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for float32, use GradScaler)."""
+    """(autocast dtype or None for float32, use GradScaler).
+
+    "auto": bf16 on CUDA (fp16 + GradScaler where bf16 is missing) and on CPUs with native bf16 instructions
+    (:func:`common.precision.cpu_has_native_bf16`), float32 on other CPUs; "bf16" forces bf16 anywhere.
+    """
     p = cfg.precision
-    if p == "fp32" or (p == "auto" and device.type != "cuda"):
+    if device.type != "cuda":
+        if p == "fp16":
+            raise ConfigError("precision 'fp16' needs a CUDA device; use 'fp32' or 'bf16' on CPU")
+        return resolve_precision(p, device), False
+    if p == "fp32":
         return None, False
     if p == "auto":
         p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if p == "bf16":
         return torch.bfloat16, False
-    if device.type != "cuda":
-        raise ConfigError("precision 'fp16' needs a CUDA device; use 'fp32' or 'bf16' on CPU")
     return torch.float16, True
 
 
@@ -158,17 +166,26 @@ class CycleGAN:
     """Everything that changes during training, and the step that changes it."""
 
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device, ctx: DistContext | None = None,
-                 *, nets: dict[str, nn.Module] | None = None) -> None:
+                 *, nets: dict[str, nn.Module] | None = None, has_a: bool = True) -> None:
         ctx = ctx or DistContext()
         self.cfg, self.info, self.device, self.ctx = cfg, info, device, ctx
         self.amp_dtype, use_scaler = precision_for(cfg, device)
-        self.channels_last = cfg.channels_last and device.type == "cuda"
+        self.channels_last = cfg.channels_last and (device.type == "cuda" or self.amp_dtype is not None)
+        self.stochastic = cfg.objective == "stochastic"
+        # the stochastic objective judges G(a) only when there are micrographs (domain A) to judge
+        self.adversarial = self.stochastic and has_a and cfg.lambda_adv > 0
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        if nets is None and self.stochastic:
+            nets = {"G": build_generator(cfg.generator)}
+            if self.adversarial:
+                nets["D_B"] = build_discriminator(cfg.discriminator)
         if nets is None:  # (the training benchmark passes other networks)
             nets = {
                 "G": build_generator(cfg.generator), "F": build_generator(cfg.generator),
                 "D_A": build_discriminator(cfg.discriminator), "D_B": build_discriminator(cfg.discriminator),
             }
+        self.net_names = tuple(nets)
+        self.loss_names = STOCHASTIC_LOSS_NAMES if self.stochastic else LOSS_NAMES
         self.nets: dict[str, nn.Module] = {}
         for name, net in nets.items():
             net = net.to(device)
@@ -179,8 +196,10 @@ class CycleGAN:
                           gradient_as_bucket_view=True)
             self.nets[name] = net
         betas = (cfg.beta1, cfg.beta2)
-        gen_params = [p for n in ("G", "F") for p in self.nets[n].parameters()]
-        dis_params = [p for n in ("D_A", "D_B") for p in self.nets[n].parameters()]
+        gen_params = [p for n in ("G", "F") if n in self.nets for p in self.nets[n].parameters()]
+        dis_params = [p for n in ("D_A", "D_B") if n in self.nets for p in self.nets[n].parameters()]
+        if not dis_params:  # keeps one code path for optimiser/scheduler state; never stepped
+            dis_params = [nn.Parameter(torch.zeros(1, device=device))]
         self.opt_G = torch.optim.Adam(gen_params, lr=cfg.lr, betas=betas)
         self.opt_D = torch.optim.Adam(dis_params, lr=cfg.lr, betas=betas)
         total, start = cfg.steps, cfg.decay_start
@@ -200,6 +219,80 @@ class CycleGAN:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def step_stochastic(self, noisy: torch.Tensor, clean: torch.Tensor, real_A: torch.Tensor | None = None,
+                        real_B: torch.Tensor | None = None, *, visuals: bool = False
+                        ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+        """One update of the stochastic objective.
+
+        ``noisy = F(b)`` (fresh noise, scale in the loop) and ``clean = b`` come from :mod:`cyclegan.pairs`; the
+        clean cycle ``|G(F(b)) - b|`` (weight ``lambda_clean``; a ``noise.clean_frac`` share of the pairs is
+        noise-free, which is the identity term ``G(b) = b``) is supervised by construction. With micrographs
+        (``real_A``), ``G(a)`` is also judged by D_B against clean patches ``real_B`` (weight ``lambda_adv``) and
+        its low-pass must equal the micrograph's (``lambda_lowfreq``): this is where the noisy side acts, only
+        through a low-pass, so G gains nothing by hiding noise.
+        """
+        cfg = self.cfg
+        G = self.nets["G"]
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        n = noisy.shape[0]
+        judge = real_A is not None and self.adversarial
+        self.opt_G.zero_grad(set_to_none=True)
+        self.opt_D.zero_grad(set_to_none=True)
+        D_B = self.nets.get("D_B")
+        if D_B is not None:
+            for p in D_B.parameters():
+                p.requires_grad_(False)
+        with self._autocast():
+            if judge and real_A.shape[-2:] == noisy.shape[-2:]:
+                out = G(torch.cat([noisy, real_A]).contiguous(memory_format=fmt))
+                denoised, fake_B = out[:n], out[n:]
+            else:
+                denoised = G(noisy.contiguous(memory_format=fmt))
+                fake_B = G(real_A.contiguous(memory_format=fmt)) if judge else None
+        clean_loss = losses.cycle_l1(denoised, clean)
+        zero = torch.zeros((), device=self.device)
+        gan_G, lowfreq, loss_D_B = zero, zero, zero
+        if fake_B is not None:
+            with self._autocast():
+                gan_G = losses.lsgan_loss(_unwrap(D_B)(fake_B), True)
+            if cfg.lambda_lowfreq > 0:
+                lowfreq = losses.lowfreq_l1(fake_B, real_A, self.lowpass)
+        loss_G = cfg.lambda_clean * clean_loss + cfg.lambda_adv * gan_G + cfg.lambda_lowfreq * lowfreq
+        self.scaler_G.scale(loss_G).backward()
+        if D_B is not None:
+            for p in D_B.parameters():
+                p.requires_grad_(True)
+        if fake_B is not None:
+            pooled = self.pool_B.query(fake_B.detach().float())
+            with self._autocast():
+                pred = D_B(torch.cat([real_B, pooled.to(real_B.dtype)]).contiguous(memory_format=fmt))
+            m = real_B.shape[0]
+            loss_D_B = 0.5 * (losses.lsgan_loss(pred[:m], True) + losses.lsgan_loss(pred[m:], False))
+            self.scaler_D.scale(loss_D_B).backward()
+        vec = torch.stack([loss_G, clean_loss, gan_G, lowfreq, loss_D_B]).detach().float()
+        if self.ctx.ddp:
+            dist.all_reduce(vec)
+            vec /= self.ctx.world_size
+        values = dict(zip(STOCHASTIC_LOSS_NAMES, vec.tolist()))
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            raise TrainingDiverged(", ".join(f"{k}={v}" for k, v in bad.items()))
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
+        if fake_B is not None:
+            self.scaler_D.step(self.opt_D)
+            self.scaler_D.update()
+        self.sched_G.step()
+        if D_B is not None:
+            self.sched_D.step()
+        panels = None
+        if visuals:
+            views = [("F(B)", noisy), ("G(F(B))", denoised), ("B", clean)]
+            if fake_B is not None:
+                views = [("A", real_A), ("G(A)", fake_B)] + views
+            panels = {k: v[0, 0].detach().float().cpu().numpy() for k, v in views}
+        return values, panels
 
     def step(self, real_A: torch.Tensor, real_B: torch.Tensor, *, visuals: bool = False
              ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
@@ -280,7 +373,7 @@ class CycleGAN:
     def shared_state(self) -> dict:
         """State identical on every rank: weights, optimisers, schedulers, scalers."""
         return {
-            "models": {n: self.raw(n).state_dict() for n in NETS},
+            "models": {n: self.raw(n).state_dict() for n in self.net_names},
             "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
             "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
             "scalers": {"G": self.scaler_G.state_dict(), "D": self.scaler_D.state_dict()},
@@ -292,7 +385,9 @@ class CycleGAN:
 
     def load_shared_state(self, state: dict) -> None:
         try:
-            for n in NETS:
+            if set(state["models"]) != set(self.net_names):
+                raise KeyError(f"networks {sorted(state['models'])} vs {sorted(self.net_names)}")
+            for n in self.net_names:
                 self.raw(n).load_state_dict(state["models"][n], strict=True)
             self.opt_G.load_state_dict(state["optimizers"]["G"])
             self.opt_D.load_state_dict(state["optimizers"]["D"])
@@ -311,7 +406,7 @@ class CycleGAN:
 
     def digests(self) -> dict[str, str]:
         """SHA-256 of each network's weights (to compare runs and ranks bit for bit)."""
-        return {n: state_digest(self.raw(n).state_dict()) for n in NETS}
+        return {n: state_digest(self.raw(n).state_dict()) for n in self.net_names}
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -384,14 +479,15 @@ def _open_dashboard(cfg: TrainConfig, out_dir: Path, ctx: DistContext):
                      rank=ctx.rank)
 
 
-def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
-          dashboard: Any = None, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, data_dir: str | os.PathLike | None, out_dir: str | os.PathLike, *, resume: bool = False,
+          dashboard: Any = None, progress: bool = True, init: str | os.PathLike | None = None) -> dict:
     """Train a CycleGAN on ``data_dir/trainA`` vs ``data_dir/trainB``; write the run into ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/last.pt`` (or ``previous.pt``; a fresh start if neither exists);
     without it, a folder that already holds a checkpoint is refused. ``dashboard``: an object with
     ``scalars(step, dict)``/``images(step, dict)`` (default: a :class:`cyclegan.dashboard.Dashboard` on
-    ``out_dir/log.jsonl``). Returns a summary dict (final step, last losses, images/s, paths, weight digests).
+    ``out_dir/log.jsonl``). ``init``: a generator export (e.g. the shipped ``models/default.pt``) whose weights
+    start G in a fresh run (fine-tuning); its architecture must equal ``cfg.generator``. Returns a summary dict (final step, last losses, images/s, paths, weight digests).
     Raises ConfigError/CheckpointError/InputError for problems the user can fix and TrainingDiverged when a loss
     is not finite.
     """
@@ -399,21 +495,30 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
         raise TypeError("cfg must be a TrainConfig")
     ctx = setup_distributed(cfg.device)
     try:
-        return _train(cfg, Path(data_dir), Path(out_dir), ctx, resume=resume, dashboard=dashboard,
-                      progress=progress)
+        return _train(cfg, Path(data_dir) if data_dir is not None else None, Path(out_dir), ctx, resume=resume,
+                      dashboard=dashboard, progress=progress, init=init)
     finally:
         if ctx.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *, resume: bool, dashboard: Any,
-           progress: bool) -> dict:
+def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistContext, *, resume: bool, dashboard: Any,
+           progress: bool, init: str | os.PathLike | None = None) -> dict:
     device = pick_device(cfg.device, ctx)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels
-    info = read_data_info(data_dir, patch_px=cfg.patch_px, atoms_per_patch=cfg.atoms_per_patch,
-                          period_px=cfg.period_px)
-    dataset = UnpairedPatches(data_dir / "trainA", data_dir / "trainB", crop_px=cfg.crop_px)
+    stochastic = cfg.objective == "stochastic"
+    if data_dir is None:
+        if not stochastic or cfg.clean_source != "synthetic":
+            raise ConfigError("training without --data needs the stochastic objective with clean_source "
+                              "'synthetic'")
+        info = DataInfo(patch_px=int(cfg.patch_px or 64), atoms_per_patch=float(cfg.atoms_per_patch or 5.0),
+                        period_px=float(cfg.period_px or (cfg.patch_px or 64) / (cfg.atoms_per_patch or 5.0)))
+        dataset = None
+    else:
+        info = read_data_info(data_dir, patch_px=cfg.patch_px, atoms_per_patch=cfg.atoms_per_patch,
+                              period_px=cfg.period_px)
+        dataset = UnpairedPatches(data_dir / "trainA", data_dir / "trainB", crop_px=cfg.crop_px)
 
     # Run folder and checkpoint to resume from.
     ckpt_path = _find_checkpoint(out_dir) if out_dir.is_dir() else None
@@ -447,9 +552,13 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
     # Seeds, models, state.
     random.seed(cfg.seed + ctx.rank)
     np.random.seed((cfg.seed + ctx.rank) % 2**32)
-    model = CycleGAN(cfg, info, device, ctx)
+    model = CycleGAN(cfg, info, device, ctx, has_a=dataset is not None)
+    pairs = _pair_source(cfg, info, dataset, data_dir, ctx) if stochastic else None
     torch.manual_seed(cfg.seed + 1 + ctx.rank)  # per-rank stream after the shared initialisation
     start_step = 0
+    if init is not None and ckpt is None:
+        load_init_generator(model.raw("G"), init, cfg)
+        _say(f"generator initialised from {init}", ctx)
     if ckpt is not None:
         model.load_shared_state(ckpt)
         start_step = int(ckpt["step"])
@@ -460,7 +569,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
             _say(f"warning: checkpoint written by {ckpt.get('world_size')} process(es), resumed by "
                  f"{ctx.world_size}: data order continues, image pools and RNG streams restart", ctx)
         saved_data = ckpt.get("data", {})
-        if saved_data.get("digest") not in (None, dataset.digest()):
+        if dataset is not None and saved_data.get("digest") not in (None, dataset.digest()):
             _say(f"warning: the patch folders in {data_dir} changed since the checkpoint; the data order differs",
                  ctx)
         del ckpt
@@ -468,7 +577,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
         _say(f"checkpoint is at step {start_step} >= steps={cfg.steps}; nothing to train (raise --steps)", ctx)
 
     gen_info = {"patch_px": info.patch_px, "atoms_per_patch": info.atoms_per_patch, "period_px": info.period_px,
-                "direction": "A2B", "lowfreq_sigma_px": model.lowpass.sigma_px}
+                "direction": "A2B", "lowfreq_sigma_px": model.lowpass.sigma_px, "objective": cfg.objective}
     if ctx.is_main:
         try:
             atomic_write_bytes(out_dir / "config.json",
@@ -491,7 +600,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
         if ctx.is_main:
             obj = {"kind": TRAIN_KIND, "version": FORMAT_VERSION, "step": step, "config": config_to_dict(cfg),
                    "world_size": ctx.world_size, "ranks": rank_states, "info": gen_info,
-                   "data": {"digest": dataset.digest(), "n_a": dataset.n_a, "n_b": dataset.n_b},
+                   "data": ({"digest": dataset.digest(), "n_a": dataset.n_a, "n_b": dataset.n_b}
+                            if dataset is not None else {"synthetic": True}),
                    "torch_version": str(torch.__version__), **model.shared_state()}
             try:
                 save_checkpoint(out_dir / "last.pt", obj,
@@ -506,10 +616,14 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
         if error:
             raise CheckpointWriteError(error)
 
-    sampler = StepBatchSampler(dataset.n_a, dataset.n_b, batch_size=cfg.batch_size, seed=cfg.seed,
-                               start_step=start_step, total_steps=cfg.steps, rank=ctx.rank,
-                               world_size=ctx.world_size)
-    loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    if dataset is not None:
+        sampler = StepBatchSampler(dataset.n_a, dataset.n_b, batch_size=cfg.batch_size, seed=cfg.seed,
+                                   start_step=start_step, total_steps=cfg.steps, rank=ctx.rank,
+                                   world_size=ctx.world_size)
+        loader = _batches(make_loader(dataset, sampler, num_workers=cfg.num_workers,
+                                      pin_memory=device.type == "cuda"))
+    else:
+        loader = iter([{}] * max(0, cfg.steps - start_step))
 
     images_per_step = cfg.batch_size * ctx.world_size
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
@@ -518,12 +632,17 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
     t_start = t_log = time.perf_counter()
     log_from = start_step
     try:
-        for batch in _batches(loader):
-            real_A = batch["A"].to(device, non_blocking=True)
-            real_B = batch["B"].to(device, non_blocking=True)
+        for batch in loader:
+            real_A = batch["A"].to(device, non_blocking=True) if "A" in batch else None
+            real_B = batch["B"].to(device, non_blocking=True) if "B" in batch else None
             want_panels = dashboard is not None and (step + 1) % cfg.image_every == 0
             try:
-                values, panels = model.step(real_A, real_B, visuals=want_panels)
+                if stochastic:
+                    noisy, clean = pairs(step, real_B)
+                    values, panels = model.step_stochastic(noisy.to(device), clean.to(device), real_A, real_B,
+                                                           visuals=want_panels)
+                else:
+                    values, panels = model.step(real_A, real_B, visuals=want_panels)
             except TrainingDiverged as exc:
                 kept = (f"the last good checkpoint {out_dir / 'last.pt'} (step {saved_step}) is intact"
                         if saved_step > 0 or ckpt_path is not None else "no checkpoint had been written yet")
@@ -536,8 +655,13 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
                 ips = (step - log_from) * images_per_step / max(now - t_log, 1e-9)
                 t_log, log_from = now, step
                 record = {**values, "lr": model.opt_G.param_groups[0]["lr"], "images_per_s": ips}
-                bar.set_postfix(G=f"{values['loss_G']:.3f}", D=f"{values['loss_D_A'] + values['loss_D_B']:.3f}",
-                                cyc=f"{values['cycle_A']:.3f}", img_s=f"{ips:.0f}", refresh=False)
+                if stochastic:
+                    bar.set_postfix(G=f"{values['loss_G']:.3f}", clean=f"{values['clean']:.4f}",
+                                    img_s=f"{ips:.0f}", refresh=False)
+                else:
+                    bar.set_postfix(G=f"{values['loss_G']:.3f}",
+                                    D=f"{values['loss_D_A'] + values['loss_D_B']:.3f}",
+                                    cyc=f"{values['cycle_A']:.3f}", img_s=f"{ips:.0f}", refresh=False)
                 if dashboard is not None:
                     dashboard.scalars(step, record)
             if panels is not None and dashboard is not None:
@@ -557,6 +681,62 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, ctx: DistContext, *,
         "images_per_s": (step - start_step) * images_per_step / max(elapsed, 1e-9),
         "digests": model.digests(), "rank": ctx.rank, "world_size": ctx.world_size, "device": str(device),
     }
+
+
+def load_init_generator(generator: nn.Module, path: str | os.PathLike, cfg: TrainConfig) -> None:
+    """Copy a generator export's weights into ``generator`` (fine-tuning); CheckpointError if the export's
+    architecture differs from ``cfg.generator``."""
+    from cyclegan.checkpoint import load_generator
+
+    net, _info = load_generator(path)
+    if net.cfg != cfg.generator:
+        raise CheckpointError(f"{path} holds another generator ({net.cfg}) than the config ({cfg.generator}); "
+                              f"use the same generator settings to fine-tune it")
+    with torch.no_grad():
+        generator.load_state_dict(net.state_dict(), strict=True)
+
+
+def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | None, ctx: DistContext):
+    """``pairs(step, real_B) -> (noisy, clean)`` model-scale batches of the stochastic objective, a pure function
+    of (seed, step, rank): from a seeded bank of synthetic scenes (``clean_source`` "synthetic") or from the clean
+    patches ``real_B`` of the data folder ("trainB"), through the noise layer and the inference resampler."""
+    from cyclegan.pairs import SyntheticPairs, make_pair, draw_noise, step_generator
+    from cyclegan.synth import SceneBank
+
+    crop = int(cfg.crop_px or info.patch_px)
+    jitter = cfg.scale_jitter
+    if cfg.clean_source == "synthetic":
+        _say(f"rendering {cfg.bank_size} synthetic scenes (periods {cfg.period_range[0]:g}-"
+             f"{cfg.period_range[1]:g} px)", ctx)
+        bank = SceneBank(cfg.bank_size, seed=cfg.seed, period_range=cfg.period_range)
+        source = SyntheticPairs(bank, model_period=info.period_px, crop_px=crop, ranges=cfg.noise,
+                                scale_jitter=jitter)
+
+        def pairs(step: int, real_B):
+            return source.batch(cfg.batch_size, step_generator(cfg.seed, step, ctx.rank))
+        return pairs
+    if dataset is None:
+        raise ConfigError("clean_source 'trainB' needs a data folder")
+    lo, hi = (float(v) for v in cfg.period_range)
+
+    def pairs_b(step: int, real_B):
+        gen = step_generator(cfg.seed, step, ctx.rank)
+        xs, ys = [], []
+        for b in real_B.detach().float().cpu():
+            # the patch is at the model's scale; put it at a native period drawn from the micrographs' range
+            native = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand((), generator=gen)))
+            if not cfg.scale_in_loop:
+                native = info.period_px
+            n_nat = max(8, int(round(b.shape[-1] * native / info.period_px)))
+            from cyclegan.pairs import resample
+
+            scene = resample(b[0], n_nat).numpy()
+            x, y = make_pair(scene, native, info.period_px, b.shape[-1] - 2 * 4, gen, draw_noise(gen, cfg.noise),
+                             scale_jitter=jitter if cfg.scale_in_loop else 0.0)
+            xs.append(x)
+            ys.append(y)
+        return torch.stack(xs)[:, None], torch.stack(ys)[:, None]
+    return pairs_b
 
 
 def _batches(loader):

@@ -1,6 +1,6 @@
 """Train the CycleGAN denoiser on prepared patch folders.
 
-    python scripts/train_cyclegan.py --data DATA --out RUN_DIR [--profile quick|default] [--config FILE.json]
+    python scripts/train_cyclegan.py --data DATA --out RUN_DIR [--profile default|quick|classic|classic-quick] [--init models/default.pt] [--config FILE.json]
                                      [--steps N] [--resume] [--no-dashboard] [--port 8097]
 
 Multi-GPU / multi-node: launch the same command with torchrun, e.g. on each of 2 nodes with 8 GPUs
@@ -28,8 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Train the unpaired CycleGAN denoiser (G: noisy A -> clean B).")
     p.add_argument("--data", required=True, help="patch folder with trainA/, trainB/ and manifest.json")
     p.add_argument("--out", required=True, help="run folder (config.json, log.jsonl, last.pt, generator.pt)")
-    p.add_argument("--profile", choices=("default", "quick"), default=None,
-                   help="base settings (default: 'default'; ignored with --resume, which uses the run's config)")
+    p.add_argument("--profile", choices=("default", "quick", "classic", "classic-quick"), default=None,
+                   help="base settings (default: 'default', the stochastic objective; 'classic' is the classic "
+                        "CycleGAN objective of the reference recipe; ignored with --resume, which uses the run's "
+                        "config)")
+    p.add_argument("--init", help="start the generator from this export (e.g. models/default.pt: fine-tuning); "
+                                  "its architecture is taken over")
     p.add_argument("--config", help="JSON file with settings laid over the profile")
     p.add_argument("--steps", type=int, help="total number of training steps")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
@@ -66,7 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["port"] = args.port
     if overrides:
         cfg = config_from_dict({"dashboard": overrides}, base=cfg)
-    summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
+    if args.init and not args.resume:
+        from cyclegan.checkpoint import load_generator
+
+        net, _ = load_generator(args.init)
+        import dataclasses
+
+        cfg = config_from_dict({"generator": dataclasses.asdict(net.cfg)}, base=cfg)
+    summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress,
+                    init=args.init if not args.resume else None)
     if summary["rank"] == 0:
         losses = ", ".join(f"{k}={v:.4g}" for k, v in summary["losses"].items())
         print(f"trained to step {summary['step']} in {summary['elapsed_s']:.1f} s "

@@ -188,8 +188,10 @@ def test_config_profiles_and_round_trip(tmp_path):
     assert config_from_dict(config_to_dict(quick)) == quick
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"lr": 1e-3, "generator": {"n_blocks": 2}}))
-    cfg = load_config(path, "quick", steps=7)
+    cfg = load_config(path, "classic-quick", steps=7)
     assert (cfg.lr, cfg.generator.n_blocks, cfg.generator.width, cfg.steps) == (1e-3, 2, 16, 7)
+    for name in ("default", "classic", "classic-quick"):
+        assert config_from_dict(config_to_dict(profile_config(name))) == profile_config(name)
     with pytest.raises(ConfigError, match="profile"):
         profile_config("huge")
     path.write_text("{bad json")

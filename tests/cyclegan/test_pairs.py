@@ -1,0 +1,128 @@
+"""The stochastic clean-to-noisy generator F (noise layer), scale in the loop, and the synthetic clean scenes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cyclegan.infer import Resampler, resample_operator
+from cyclegan.pairs import (NoiseRanges, SyntheticPairs, draw_noise, make_pair, resample, stem_noise,
+                            step_generator)
+from cyclegan.synth import KINDS, SceneBank, render_scene
+from common.columns import find_columns
+
+
+def _lag1(r: np.ndarray, axis: int) -> float:
+    a = np.moveaxis(r, axis, -1)
+    return float(np.corrcoef(a[..., 1:].ravel(), a[..., :-1].ravel())[0, 1])
+
+
+@pytest.mark.parametrize("dose,read,rho_r,rho_c", [(10.0, 0.5, 0.3, -0.1), (3.0, 0.0, 0.0, 0.0),
+                                                   (40.0, 1.2, -0.25, 0.2)])
+def test_noise_layer_has_the_requested_statistics(dose, read, rho_r, rho_c):
+    level = 0.7
+    clean = torch.full((384, 384), level)
+    g = torch.Generator().manual_seed(1)
+    noisy = stem_noise(clean, {"dose": dose, "read_noise": read, "corr_row": rho_r, "corr_col": rho_c}, g)
+    r = (noisy - clean).numpy() * dose  # in counts
+    assert abs(r.mean()) < 0.05 * math.sqrt(dose * level)
+    assert r.var() == pytest.approx(dose * level + read ** 2, rel=0.05)  # Poisson + read, variance kept
+    assert _lag1(r, 1) == pytest.approx(rho_r, abs=0.02)
+    assert _lag1(r, 0) == pytest.approx(rho_c, abs=0.02)
+
+
+def test_noise_layer_row_offsets_and_fresh_noise():
+    clean = torch.full((512, 256), 1.0)
+    params = {"dose": 20.0, "read_noise": 0.0, "corr_row": 0.0, "corr_col": 0.0, "row_offset": 0.05}
+    g = torch.Generator().manual_seed(3)
+    a = stem_noise(clean, params, g)
+    b = stem_noise(clean, params, g)
+    assert not torch.equal(a, b)  # fresh noise at every call
+    row_means = ((a - clean) * 20.0).mean(dim=1).numpy()
+    expected = math.sqrt((0.05 * 20.0) ** 2 + 20.0 / 256)  # offset std plus the pixel noise averaged over a row
+    assert row_means.std() == pytest.approx(expected, rel=0.15)
+    # same generator state, same noise
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(stem_noise(clean, params, g1), stem_noise(clean, params, g2))
+
+
+def test_torch_resampler_is_the_inference_resampler():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(37, 37)).astype(np.float32)
+    for n_out in (80, 37, 16):
+        ours = resample(torch.from_numpy(img), n_out).numpy()
+        ref = Resampler(img, resample_operator(37, n_out), resample_operator(37, n_out))[0:n_out]
+        np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def test_scale_in_the_loop_correlates_upsampled_noise_as_inference_does():
+    # White noise at a native period of 6 px, upsampled to the model's 12.8 px: neighbouring model pixels
+    # become strongly correlated, exactly as the inference resampler makes them.
+    scene = np.full((200, 200), 0.5, np.float32)
+    g = torch.Generator().manual_seed(0)
+    noise = {"dose": 20.0, "read_noise": 0.0, "corr_row": 0.0, "corr_col": 0.0, "row_offset": 0.0,
+             "clean": False}
+    x, y = make_pair(scene, 6.0, 12.8, 96, g, noise, scale_jitter=0.0, norm_jitter=0.0)
+    assert x.shape == y.shape == (96, 96)
+    r = (x - y).numpy()
+    assert _lag1(r, 1) > 0.6 and _lag1(r, 0) > 0.6
+    # and at the native scale the same noise is white
+    x2, y2 = make_pair(scene, 12.8, 12.8, 96, g, noise, scale_jitter=0.0, norm_jitter=0.0)
+    assert abs(_lag1((x2 - y2).numpy(), 1)) < 0.05
+
+
+def test_make_pair_clean_sample_is_identity_and_normalised_like_inference():
+    rng = np.random.default_rng(0)
+    scene = render_scene(rng, 10.0, 160, "square")
+    g = torch.Generator().manual_seed(0)
+    x, y = make_pair(scene.image, scene.period_px, 12.8, 64, g, {"clean": True, "dose": 1.0}, norm_jitter=0.0)
+    assert torch.equal(x, y)
+    # normalised by the crop's robust range: values span about [0, 1]
+    assert -0.2 < float(x.min()) < 0.2 and 0.8 < float(np.percentile(x.numpy(), 99.9)) < 1.3
+
+
+def test_draw_noise_respects_ranges():
+    ranges = NoiseRanges(dose=(2.0, 8.0), read_noise=(0.1, 0.2), white_frac=0.0, clean_frac=0.0)
+    g = torch.Generator().manual_seed(0)
+    draws = [draw_noise(g, ranges) for _ in range(200)]
+    doses = np.array([d["dose"] for d in draws])
+    assert doses.min() >= 2.0 and doses.max() <= 8.0 and np.median(doses) == pytest.approx(4.0, rel=0.2)
+    assert all(0.1 <= d["read_noise"] <= 0.2 and not d["clean"] for d in draws)
+    assert all(-0.3 <= d["corr_row"] <= 0.45 for d in draws)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_scene_kind_renders_columns_at_the_period(kind):
+    rng = np.random.default_rng(5)
+    scene = render_scene(rng, 16.0, 192, kind)
+    img = scene.image
+    assert img.shape == (192, 192) and img.dtype == np.float32 and np.isfinite(img).all() and img.min() >= 0
+    cols = find_columns(img, 16.0)
+    # at least the strongest sublattice everywhere the specimen is (vacuum scenes have fewer)
+    assert len(cols) >= 0.25 * (192 / 16.0) ** 2
+
+
+def test_honeycomb_keeps_its_weak_sublattice():
+    rng = np.random.default_rng(2)
+    scene = render_scene(rng, 20.0, 240, "honeycomb")
+    # two sublattices: more columns than one triangular net would give
+    n_net = 240 * 240 / (20.0 * 20.0 * math.sqrt(3) / 2)
+    assert len(find_columns(scene.image, 20.0 / math.sqrt(3))) > 1.4 * n_net * 0.7
+
+
+def test_scene_bank_is_deterministic_and_spans_the_period_range():
+    a = SceneBank(12, seed=4, period_range=(6.0, 40.0))
+    b = SceneBank(12, seed=4, period_range=(6.0, 40.0))
+    assert all(np.array_equal(x.image, y.image) and x.period_px == y.period_px for x, y in zip(a, b))
+    periods = np.array([s.period_px for s in a])
+    assert periods.min() >= 6.0 and periods.max() <= 40.0 and periods.max() / periods.min() > 2
+
+
+def test_synthetic_batches_are_a_pure_function_of_seed_step_rank():
+    bank = SceneBank(6, seed=0, period_range=(8.0, 16.0))
+    src = SyntheticPairs(bank, model_period=12.8, crop_px=32, ranges=NoiseRanges())
+    x1, y1 = src.batch(4, step_generator(0, 17, 0))
+    x2, y2 = src.batch(4, step_generator(0, 17, 0))
+    x3, _ = src.batch(4, step_generator(0, 18, 0))
+    assert x1.shape == (4, 1, 32, 32) and torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(x1, x3)
