@@ -8,9 +8,15 @@ through small adapters that import their packages only when used. Every output i
 :func:`evaluation.metrics.evaluate` and timed; :func:`run_benchmark` writes ``results.csv``, ``results.md``, one
 figure panel per case and the PSNR- and hallucination-versus-dose plots (:mod:`evaluation.report`).
 
+Two test sets: the *simulated* set from the project's own simulator (:mod:`data_prep.simulate`, which also makes the
+training targets) and the *independent validation set* (:mod:`evaluation.independent`: a separately written
+simulator with another probe, background, lattice and noise model), so that no model is judged only on the
+simulator that trained it. ``BenchConfig.cases`` picks one or both; the report keeps them apart.
+
 Methods see what a microscopist would have: the noisy image, the lattice period *measured* on it
 (:func:`data_prep.lattice.measure_lattice`; the true period only if the measurement fails, noted in the results),
-and the detector gain and read noise that the simulator records. Only methods marked ``oracle`` (the Gaussian with
+and the detector gain and read noise that the simulator records (the independent set withholds them: its detector
+has an unknown offset, so the filters estimate the noise model). Only methods marked ``oracle`` (the Gaussian with
 the PSNR-best sigma) may read ``ctx.truth``; their rows say so.
 """
 from __future__ import annotations
@@ -24,7 +30,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -43,6 +49,7 @@ PERIODS = (12.8, 11.0, 14.5)  # cycled over the cases: models must cope with mor
 CLASSICAL = ("noisy", "gaussian_oracle", "median", "nlm", "bm3d", "bragg")
 LEARNED = ("cyclegan", "dip")
 ALL_METHODS = CLASSICAL + LEARNED
+CASE_SETS = ("simulated", "independent", "both")
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -349,7 +356,10 @@ class BenchConfig:
     """Benchmark settings (validated by :meth:`validate`). ``methods``: names to run (default: all available);
     ``dip_max_size``: DIP is skipped on micrographs with more than ``dip_max_size**2`` pixels (it optimises a
     network per image: hours for 2048^2 on a CPU); ``dip_lattices``: DIP only on cases of these lattices (default
-    all; ``quick``: the first lattice only, at most 400 steps)."""
+    all; ``quick``: the first lattice only, at most 400 steps). ``cases``: the test set, ``"simulated"`` (the
+    project's simulator, or ``data_dir``), ``"independent"`` (:mod:`evaluation.independent`) or ``"both"``;
+    ``independent_kinds``: kinds of the independent set to run (default all; its doses are ``doses`` or 2, 5, 10,
+    20 also with ``quick``; its field side is ``size`` or 256, 128 with ``quick``, at most 512)."""
 
     out_dir: Path
     quick: bool = False
@@ -369,6 +379,8 @@ class BenchConfig:
     dip_lattices: tuple[str, ...] | None = None
     methods: tuple[str, ...] | None = None
     device: str | None = None
+    cases: Literal["simulated", "independent", "both"] = "simulated"
+    independent_kinds: tuple[str, ...] | None = None
     save_outputs: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -403,6 +415,17 @@ class BenchConfig:
             raise InputError(f"--checkpoint {self.checkpoint}: no such file")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise InputError(f"--data {self.data_dir}: not a folder")
+        if self.cases not in CASE_SETS:
+            raise ConfigError(f"cases must be one of {', '.join(CASE_SETS)}, got {self.cases!r}")
+        if self.cases == "independent" and self.data_dir is not None:
+            raise ConfigError("--data replaces the simulated set; with --cases independent it would not be used "
+                              "(use --cases both to run both)")
+        if self.independent_kinds is not None:
+            from evaluation.independent import INDEPENDENT_KINDS
+
+            bad = [k for k in self.independent_kinds if k not in INDEPENDENT_KINDS]
+            if bad or not self.independent_kinds:
+                raise ConfigError(f"unknown independent kind(s) {bad}; choose from {', '.join(INDEPENDENT_KINDS)}")
 
 
 @dataclass
@@ -515,10 +538,11 @@ def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, r
         metrics["halluc_intensity"] = float("nan")
         metrics["halluc_peak"] = float("nan")
     row = {
-        "case": case.name, "lattice": case.lattice, "dose": case.dose if case.dose is not None else float("nan"),
+        "case": case.name, "lattice": case.lattice, "set": case_set(case),
+        "dose": case.dose if case.dose is not None else float("nan"),
         "height": h, "width": w, "method": m.name, "label": m.label, "oracle": m.oracle,
         "time_s": elapsed, "mpix_per_s": (h * w / 1e6) / elapsed if elapsed > 0 else float("inf"),
-        "period_px": period, "period_source": period_src,
+        "period_px": period, "period_source": period_src, "hidden_columns": case.hidden_columns,
     }
     row.update(metrics)
     row["notes"] = json.dumps(ctx.notes, sort_keys=True) if ctx.notes else ""
@@ -526,11 +550,25 @@ def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, r
     outputs[m.name] = out
 
 
+def case_set(case: Case) -> str:
+    """The test set a case belongs to: ``"independent"`` (:mod:`evaluation.independent`), ``"simulated"`` (the
+    project's simulator) or ``"data"`` (loaded from a folder)."""
+    if case.source in ("independent", "simulated"):
+        return case.source
+    return "data"
+
+
+def _plot_names(suffix: str = "") -> tuple[str, str]:
+    return f"psnr_vs_dose{suffix}.png", f"hallucinations_vs_dose{suffix}.png"
+
+
 def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
     """Build or load the test set, run every method on every case, score and write the report files.
 
     Writes into ``cfg.out_dir``: ``results.csv``, ``results.md``, ``figures/<case>.png``, ``psnr_vs_dose.png``,
-    ``hallucinations_vs_dose.png`` (and ``outputs/<case>/<method>.tif`` with ``save_outputs``).
+    ``hallucinations_vs_dose.png`` (the simulated set or the folder's cases), ``psnr_vs_dose_independent.png``,
+    ``hallucinations_vs_dose_independent.png`` (the independent set), and ``outputs/<case>/<method>.tif`` with
+    ``save_outputs``.
     """
     from tqdm import tqdm
 
@@ -539,7 +577,7 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
     cfg.validate()
     out_dir = Path(cfg.out_dir)
     if not cfg.overwrite:
-        for name in ("results.csv", "results.md", "psnr_vs_dose.png", "hallucinations_vs_dose.png", "figures",
+        for name in ("results.csv", "results.md", *_plot_names(), *_plot_names("_independent"), "figures",
                      "outputs"):
             if (out_dir / name).exists():
                 raise InputError(f"{out_dir / name} exists; pass --overwrite to replace the results in {out_dir}")
@@ -551,12 +589,20 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
         raise InputError("no method to run")
     for s in skipped:
         log(f"skipped {s}")
-    if cfg.data_dir is not None:
-        cases_iter = [(c.name, (lambda c=c: c)) for c in load_cases(cfg.data_dir)]
-    else:
-        specs = default_specs(quick=cfg.quick, doses=cfg.doses, lattices=cfg.lattices, size=cfg.size,
-                              n_large=cfg.n_large, large_size=cfg.large_size, seed=cfg.seed)
-        cases_iter = [(s.name, (lambda s=s: simulate_case(s))) for s in specs]
+    cases_iter: list = []
+    if cfg.cases in ("simulated", "both"):
+        if cfg.data_dir is not None:
+            cases_iter += [(c.name, (lambda c=c: c)) for c in load_cases(cfg.data_dir)]
+        else:
+            specs = default_specs(quick=cfg.quick, doses=cfg.doses, lattices=cfg.lattices, size=cfg.size,
+                                  n_large=cfg.n_large, large_size=cfg.large_size, seed=cfg.seed)
+            cases_iter += [(s.name, (lambda s=s: simulate_case(s))) for s in specs]
+    if cfg.cases in ("independent", "both"):
+        from evaluation import independent
+
+        ind_specs = independent.independent_specs(quick=cfg.quick, doses=cfg.doses or independent.DEFAULT_DOSES,
+                                                  seed=cfg.seed, kinds=cfg.independent_kinds, size=cfg.size)
+        cases_iter += [(s.name, (lambda s=s: independent.case_from_spec(s))) for s in ind_specs]
     log(f"{len(cases_iter)} cases x {len(methods)} methods: {', '.join(m.name for m in methods)}")
 
     rows: list[dict] = []
@@ -588,12 +634,18 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
     report.write_csv(rows, csv_path)
     md_path = out_dir / "results.md"
     report.write_markdown(rows, md_path, skipped=skipped, errors=errors, config=_config_summary(cfg))
-    psnr_plot = out_dir / "psnr_vs_dose.png"
-    halluc_plot = out_dir / "hallucinations_vs_dose.png"
-    report.dose_plot(rows, "psnr", psnr_plot, ylabel="PSNR (dB)")
-    report.dose_plot(rows, "halluc_frac", halluc_plot, ylabel="filled vacancies (% of vacancies)")
-    paths = {"csv": str(csv_path), "markdown": str(md_path), "figures": figures, "psnr_plot": str(psnr_plot),
-             "hallucination_plot": str(halluc_plot)}
+    paths = {"csv": str(csv_path), "markdown": str(md_path), "figures": figures}
+    main_rows = [r for r in rows if r.get("set") != "independent"]
+    ind_rows = [r for r in rows if r.get("set") == "independent"]
+    for set_rows, suffix, title in ((main_rows, "", None), (ind_rows, "_independent", "independent validation set")):
+        if not set_rows and (suffix or cfg.cases == "independent"):
+            continue
+        psnr_plot, halluc_plot = (out_dir / name for name in _plot_names(suffix))
+        report.dose_plot(set_rows, "psnr", psnr_plot, ylabel="PSNR (dB)", title=title)
+        report.dose_plot(set_rows, "halluc_frac", halluc_plot, ylabel="filled vacancies (% of vacancies)",
+                         title=title)
+        paths[f"psnr_plot{suffix}"] = str(psnr_plot)
+        paths[f"hallucination_plot{suffix}"] = str(halluc_plot)
     return BenchResult(rows=rows, skipped=skipped, paths=paths, errors=errors)
 
 

@@ -1,11 +1,15 @@
 """Benchmark the denoisers on simulated micrographs with known truth.
 
-    python scripts/benchmark.py --out bench_out [--quick] [--checkpoint G.pt] [--data DIR] ...
+    python scripts/benchmark.py --out bench_out [--quick] [--checkpoint G.pt] [--data DIR] [--cases both] ...
 
 Methods: the CycleGAN generator given by --checkpoint (stitched tiles), Deep Image Prior (default preset, automatic
 stop), Gaussian (oracle sigma), median, non-local means and BM3D (Anscombe domain; BM3D only if the optional bm3d
 package is installed) and the Bragg (periodic Fourier) filter. Writes results.csv, results.md, figures/<case>.png,
 psnr_vs_dose.png and hallucinations_vs_dose.png into --out.
+
+Test sets (--cases): "simulated" (the project's own simulator, default), "independent" (a separately written
+simulator with other probes, backgrounds, lattices and white noise: evaluation/independent.py; its plots are
+psnr_vs_dose_independent.png and hallucinations_vs_dose_independent.png) or "both", reported apart.
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation.benchmark import ALL_METHODS
+    from evaluation.benchmark import ALL_METHODS, CASE_SETS
+    from evaluation.independent import INDEPENDENT_KINDS
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doses", type=_floats, default=None, help="comma-separated doses (default 2,5,10,20)")
     p.add_argument("--lattices", type=_names, default=None, help="comma-separated lattices (default square,hex,"
                                                                  "perovskite)")
-    p.add_argument("--size", type=int, default=None, help="side of the regular test micrographs (default 384)")
+    p.add_argument("--cases", choices=CASE_SETS, default="simulated",
+                   help="test set: the project's simulator (default), the independent validation set, or both")
+    p.add_argument("--kinds", type=_names, default=None,
+                   help=f"independent set: comma-separated subset of {','.join(INDEPENDENT_KINDS)} (default all)")
+    p.add_argument("--size", type=int, default=None,
+                   help="side of the regular test micrographs (default 384; independent set: 256, 128 with --quick, "
+                        "raised to fit 8 x 8 cells, at most 512)")
     p.add_argument("--large", type=int, default=None, help="number of large micrographs (default 2; 0 with --quick)")
     p.add_argument("--large-size", type=int, default=2048, help="side of the large micrographs (default 2048)")
     p.add_argument("--seed", type=int, default=0)
@@ -79,18 +90,28 @@ def main(argv=None) -> int:
         size=args.size, n_large=args.large, large_size=args.large_size, seed=args.seed, checkpoint=args.checkpoint,
         tta=args.tta, dip=not args.no_dip, dip_preset=args.dip_preset, dip_max_steps=args.dip_steps,
         dip_max_size=args.dip_max_size, dip_lattices=args.dip_lattices, methods=args.methods, device=args.device,
-        save_outputs=args.save_outputs,
+        cases=args.cases, independent_kinds=args.kinds, save_outputs=args.save_outputs,
         overwrite=args.overwrite, progress=not args.no_progress,
     )
     result = run_benchmark(cfg)
-    print(f"{'method':32s} {'cases':>5s} {'PSNR dB':>8s} {'F1':>6s} {'lost':>5s} {'filled vac.':>12s} {'MP/s':>8s}")
-    for name, a in aggregate(result.rows).items():
-        filled = "n/a" if a["halluc_n"] is None else f"{a['halluc_n']}/{a['n_vacancies']}"
-        label = a["label"] + (" [oracle]" if a["oracle"] else "")
-        print(f"{label:32s} {a['n_cases']:5d} {a['psnr']:8.2f} {a['f1']:6.3f} {a['lost']:5d} {filled:>12s} "
-              f"{a['mpix_per_s']:8.3g}")
-    for key in ("csv", "markdown", "psnr_plot", "hallucination_plot"):
-        print(f"wrote {result.paths[key]}")
+    main_rows = [r for r in result.rows if r.get("set") != "independent"]
+    ind_rows = [r for r in result.rows if r.get("set") == "independent"]
+    for title, rows in (("", main_rows), ("independent validation set", ind_rows)):
+        if not rows and (title or ind_rows):
+            continue
+        if title:
+            print(title)
+        print(f"{'method':32s} {'cases':>5s} {'PSNR dB':>8s} {'F1':>6s} {'lost':>5s} {'filled vac.':>12s} "
+              f"{'MP/s':>8s}")
+        for name, a in aggregate(rows).items():
+            filled = "n/a" if a["halluc_n"] is None else f"{a['halluc_n']}/{a['n_vacancies']}"
+            label = a["label"] + (" [oracle]" if a["oracle"] else "")
+            print(f"{label:32s} {a['n_cases']:5d} {a['psnr']:8.2f} {a['f1']:6.3f} {a['lost']:5d} {filled:>12s} "
+                  f"{a['mpix_per_s']:8.3g}")
+    for key in ("csv", "markdown", "psnr_plot", "hallucination_plot", "psnr_plot_independent",
+                "hallucination_plot_independent"):
+        if key in result.paths:
+            print(f"wrote {result.paths[key]}")
     print(f"wrote {len(result.paths['figures'])} figure panels in {Path(cfg.out_dir) / 'figures'}")
     if result.errors:
         print(f"{len(result.errors)} method run(s) failed; see results.md", file=sys.stderr)
