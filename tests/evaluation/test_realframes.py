@@ -1,0 +1,271 @@
+"""No-truth checks on real frames (evaluation/realframes.py, scripts/realcheck.py): known answers on simulated
+frames, the four shared real frames, and the command line."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from common.errors import InputError
+from data_prep.simulate import simulate
+from evaluation.realframes import (
+    THRESHOLDS,
+    CellGeometry,
+    cell_average,
+    cell_sites,
+    check_real_frame,
+    real_frame_metrics,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = ROOT.parent / "shared" / "real"
+REAL_FRAMES = ("SrTiO3-100_remworkflows.tif", "DyScO3_atomsegnet.tif", "Si110_atomsegnet.tif",
+               "perovskite-interface_scifidatasets.tif")
+
+# a perovskite with a weak B sublattice (0.4 of A), a realistic probe (2 px), moderate dose
+PEROVSKITE = dict(lattice="perovskite", shape=(320, 320), period_px=14.0, angle_deg=12.0, b_weight=0.4,
+                  probe_sigma_px=2.0, dose=50.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def perovskite():
+    res = simulate(**PEROVSKITE)
+    no_b = simulate(**{**PEROVSKITE, "b_weight": 0.0, "noise": False})
+    raw = res.noisy.astype(np.float64)
+    avg = cell_average(raw)
+    return res, no_b, raw, avg
+
+
+def _metrics(raw, out, geom):
+    m = real_frame_metrics(raw, out, lattice=geom)
+    json.dumps(m, allow_nan=False)  # plain JSON: no numpy types, no NaN
+    return m
+
+
+# ------------------------------------------------------------------------------------------------ known answers
+
+def test_identity_passes_with_an_exactly_zero_residual(perovskite):
+    _, _, raw, avg = perovskite
+    m = _metrics(raw, raw.copy(), avg.geometry)
+    assert m["cell_r"] == 1.0 and m["bragg_power_frac"] == 0.0 and m["site_height_max_rel_err"] == 0.0
+    assert m["n_columns_raw"] == m["n_columns_out"] > 0 and m["count_rel_diff"] == 0.0
+    assert m["resid_corr_row"] is None and m["resid_corr_col"] is None  # nothing to correlate
+    assert m["n_sites"] == 2  # the A and the weak B column of the perovskite cell
+    assert check_real_frame(m) == {"pass": True, "failures": []}
+
+
+def test_noise_free_truth_as_output_passes_and_its_residual_looks_like_raw_noise(perovskite):
+    res, _, raw, avg = perovskite
+    m = _metrics(raw, res.truth, avg.geometry)
+    assert check_real_frame(m)["pass"], check_real_frame(m)["failures"]
+    assert m["cell_r"] >= 0.999
+    assert m["site_height_max_rel_err"] < 0.03
+    assert m["bragg_power_frac"] < 0.01
+    assert m["count_rel_diff"] <= 0.005
+    # the residual is the noise (simulated lag-1 correlations 0.28 along rows, -0.1 down columns) and the raw-noise
+    # estimate without truth sees about the same
+    assert abs(m["resid_corr_row"] - 0.28) < 0.03 and abs(m["resid_corr_col"] + 0.1) < 0.03
+    assert abs(m["raw_hp_corr_row"] - m["resid_corr_row"]) < 0.1
+    assert abs(m["raw_hp_corr_col"] - m["resid_corr_col"]) < 0.1
+
+
+def test_deleting_the_weak_sublattice_fails_the_site_check(perovskite):
+    res, no_b, raw, avg = perovskite
+    b_sites = res.truth.astype(np.float64) - no_b.truth  # an exact reconstruction of the B columns
+    out = raw - b_sites
+    m = _metrics(raw, out, avg.geometry)
+    verdict = check_real_frame(m)
+    assert not verdict["pass"]
+    assert m["site_height_max_rel_err"] > 0.5
+    assert any(f.startswith("site_height_max_rel_err") for f in verdict["failures"])
+    weak = min(m["sites"], key=lambda s: s["h_raw"])
+    assert 0.2 < weak["h_raw"] < 0.6 and weak["h_out"] < 0.5 * weak["h_raw"]
+    assert m["n_columns_out"] < 0.6 * m["n_columns_raw"]  # and the count check sees the lost columns
+
+
+def test_heavy_blur_leaves_lattice_power_in_the_residual(perovskite):
+    _, _, raw, avg = perovskite
+    m = _metrics(raw, ndimage.gaussian_filter(raw, PEROVSKITE["period_px"] / 2), avg.geometry)
+    verdict = check_real_frame(m)
+    assert m["bragg_power_frac"] > 0.5
+    assert any(f.startswith("bragg_power_frac") for f in verdict["failures"])
+    # its residual is smooth lattice, nothing like the raw noise
+    assert m["resid_corr_row"] > m["raw_hp_corr_row"] + 0.3
+
+
+def test_mild_gaussian_passes_the_cell_average_check(perovskite):
+    _, _, raw, avg = perovskite
+    m = _metrics(raw, ndimage.gaussian_filter(raw, 1.0), avg.geometry)
+    assert m["cell_r"] >= THRESHOLDS["cell_r"]
+    assert m["site_height_max_rel_err"] <= THRESHOLDS["site_height_max_rel_err"]
+    assert check_real_frame(m, {"cell_r": 0.98, "site_height_max_rel_err": 0.15})["pass"]
+
+
+def test_raw_and_output_are_averaged_on_the_raw_frames_cells(perovskite):
+    _, _, raw, avg = perovskite
+    geom = avg.geometry
+    assert isinstance(geom, CellGeometry) and geom.local and geom.n_cells > 300
+    again = cell_average(raw + 5.0, geom)
+    assert again.geometry is geom and np.allclose(again.average, avg.average + 5.0)
+    # an output without any lattice cannot be measured, but it is averaged on the raw frame's cells and fails
+    blank = np.full_like(raw, raw.mean()) + np.random.default_rng(0).normal(0, 1e-3, raw.shape)
+    with pytest.raises(InputError):
+        cell_average(blank)
+    m = real_frame_metrics(raw, blank)
+    assert m["lattice"] == geom.describe()
+    assert m["cell_r"] < 0.5 and not check_real_frame(m)["pass"]
+    # an output whose columns moved by half an A-B distance: the averages on the same cells no longer agree
+    moved = np.roll(raw, (3, 4), axis=(0, 1))
+    assert real_frame_metrics(raw, moved, lattice=geom)["cell_r"] < 0.9
+    with pytest.raises(InputError, match="made for"):
+        cell_average(raw[:200, :200], geom)
+
+
+def test_local_refinement_keeps_a_drifting_lattice_sharp():
+    common = dict(lattice="perovskite", shape=(384, 384), period_px=12.8, angle_deg=7.0, b_weight=0.4, dose=200.0,
+                  seed=5)
+    still = simulate(**common, scan_jitter_px=0.0, tear_rate=0.0)
+    drift = simulate(**common, drift_px=(3.0, 10.0), scan_sine_px=1.5, scan_sine_rows=128.0)
+    ref = np.ptp(cell_average(still.truth, local=False).average)
+    raw_avg = cell_average(drift.noisy)
+    assert raw_avg.geometry.local and raw_avg.geometry.describe()["max_shift_px"] > 1.0
+    truth_avg = cell_average(drift.truth, raw_avg.geometry)
+    assert np.corrcoef(raw_avg.average.ravel(), truth_avg.average.ravel())[0, 1] >= 0.98
+    assert np.ptp(truth_avg.average) > 0.9 * ref  # as sharp as the undistorted lattice
+    flat = cell_average(drift.truth, raw_avg.geometry.lattice, local=False)
+    assert np.ptp(flat.average) < 0.8 * ref  # one global lattice blurs it
+
+
+def test_sites_are_found_across_the_periodic_boundary():
+    n = 32
+    yy, xx = np.mgrid[0:n, 0:n]
+
+    def bump(y, x, s=2.0):
+        dy = (yy - y + n / 2) % n - n / 2
+        dx = (xx - x + n / 2) % n - n / 2
+        return np.exp(-(dy ** 2 + dx ** 2) / (2 * s * s))
+
+    a = bump(0, 0) + 0.3 * bump(16, 16) + 0.03 * bump(8, 24)  # a peak split by the wrap, a weak site, a ripple
+    sites = cell_sites(a)
+    assert sites.tolist() == [[0, 0], [16, 16]]
+
+
+def test_check_and_metrics_reject_bad_input(perovskite):
+    _, _, raw, avg = perovskite
+    with pytest.raises(InputError, match="differ in shape"):
+        real_frame_metrics(raw, raw[:-1])
+    bad = raw.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(InputError):
+        real_frame_metrics(raw, bad, lattice=avg.geometry)
+    with pytest.raises(InputError, match="unknown threshold"):
+        check_real_frame({"cell_r": 1.0}, {"psnr": 30})
+    verdict = check_real_frame({"cell_r": 0.99, "site_height_max_rel_err": None, "count_rel_diff": 0.0,
+                                "bragg_power_frac": 0.01})
+    assert not verdict["pass"] and len(verdict["failures"]) == 1 and "undefined" in verdict["failures"][0]
+
+
+# ------------------------------------------------------------------------------------------------ real frames
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"shared real frames not found at {REAL}")
+@pytest.mark.parametrize("name", REAL_FRAMES)
+def test_real_frames_gaussian_1px_keeps_the_cell_and_identity_leaves_no_residual(name):
+    from data_prep.io import read_micrograph
+
+    path = REAL / name
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    raw, meta = read_micrograph(path)
+    raw = raw.astype(np.float64)
+    geom = cell_average(raw).geometry
+    ident = real_frame_metrics(raw, raw.copy(), lattice=geom)
+    assert ident["bragg_power_frac"] == 0.0 and ident["cell_r"] == 1.0 and check_real_frame(ident)["pass"]
+    m = real_frame_metrics(raw, ndimage.gaussian_filter(raw, 1.0), lattice=geom,
+                           pixel_size_pm=meta.pixel_size_in("pm"))
+    verdict = check_real_frame(m, {k: THRESHOLDS[k] for k in ("cell_r", "site_height_max_rel_err")})
+    assert verdict["pass"], f"{name}: {verdict['failures']}"
+    assert m["n_sites"] >= 1 and m["n_columns_raw"] > 100
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("realcheck_script", ROOT / "scripts" / "realcheck.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_realcheck_cli_writes_one_row_per_method(tmp_path, capsys):
+    from data_prep.io import write_micrograph
+    from evaluation.realframes import real_methods
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    res = simulate(lattice="rect", shape=(160, 160), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=1)
+    write_micrograph(folder / "small.tif", res.noisy, dtype="float32")
+    out = tmp_path / "out"
+    script = _load_script()
+    assert script.main(["--real", str(folder), "--out", str(out)]) == 0
+    methods, _ = real_methods()
+    with open(out / "real_results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == [m.name for m in methods]
+    assert {"gaussian_1px", "gaussian_2px", "median", "nlm", "bragg"} <= {r["method"] for r in rows}
+    ident = next(r for r in rows if r["method"] == "noisy")
+    assert ident["pass"] == "1" and float(ident["bragg_power_frac"]) == 0.0 and float(ident["cell_r"]) == 1.0
+    md = (out / "real_results.md").read_text()
+    assert "## small" in md and md.count("| Gaussian (fixed sigma") == 2
+    assert (out / "real_small.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(InputError, match="--overwrite"):  # results exist: no silent overwrite
+        script.main(["--real", str(folder), "--out", str(out), "--methods", "noisy"])
+    with pytest.raises(InputError, match="no such file"):
+        script.main(["--real", str(folder), "--out", str(out), "--overwrite", "--checkpoint", str(tmp_path / "g.pt")])
+
+
+def test_realcheck_bad_folder_exits_2_with_one_line(tmp_path, capsys):
+    from common.cli import run_main
+
+    script = _load_script()
+    with pytest.raises(SystemExit) as exc:
+        run_main(script.main, ["--real", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "missing" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_realcheck_cli_runs_labelled_cyclegan_checkpoints(tmp_path, one_torch_thread):
+    import torch
+
+    from cyclegan.checkpoint import export_generator
+    from cyclegan.models import GeneratorConfig, build_generator
+    from data_prep.io import write_micrograph
+
+    cfg = GeneratorConfig(width=4, n_blocks=1)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "g.pt"
+    export_generator(ckpt, build_generator(cfg), cfg,
+                     {"patch_px": 64, "atoms_per_patch": 5, "period_px": 14.0, "direction": "A2B"})
+    folder = tmp_path / "real"
+    folder.mkdir()
+    res = simulate(lattice="square", shape=(128, 128), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=2)
+    write_micrograph(folder / "tiny.tif", res.noisy, dtype="float32")
+    out = tmp_path / "out"
+    args = ["--real", str(folder), "--out", str(out), "--methods", "noisy", "--checkpoint", str(ckpt),
+            "--label", "model A", "--checkpoint", str(ckpt), "--device", "cpu"]
+    assert _load_script().main(args) == 0
+    with open(out / "real_results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["label"]) for r in rows] == [("noisy", "noisy input (identity)"),
+                                                         ("cyclegan1", "model A"), ("cyclegan2", "CycleGAN (g)")]
+    for r in rows[1:]:  # an untrained generator is scored like any other output
+        assert 0.0 <= float(r["bragg_power_frac"]) and r["pass"] in ("0", "1")
+    with pytest.raises(InputError, match="--label"):
+        _load_script().main(args + ["--overwrite", "--label", "b", "--label", "c"])
