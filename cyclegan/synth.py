@@ -165,19 +165,11 @@ def _stamp(shape, pos, amp, sigma, tail, tail_frac, ellip, ell_angle) -> np.ndar
         return fftconvolve(grid, kern, mode="same")[R:R + h, R:R + w]
     offs = np.arange(-R, R + 1)
     img = np.zeros(h * w)
-    c, s = math.cos(ell_angle), math.sin(ell_angle)
     for k in range(0, len(pos), 4096):
         y, x, a = pos[k:k + 4096, 0], pos[k:k + 4096, 1], amp[k:k + 4096]
         rows = np.round(y).astype(np.int64)[:, None, None] + offs[None, :, None]
         cols = np.round(x).astype(np.int64)[:, None, None] + offs[None, None, :]
-        dy = rows - y[:, None, None]
-        dx = cols - x[:, None, None]
-        u = c * dy + s * dx
-        v = (-s * dy + c * dx) * ellip
-        r2 = u * u + v * v
-        val = (1 - tail_frac) * np.exp(-r2 / (2 * sigma * sigma))
-        if tail_frac > 0:
-            val = val + tail_frac / (1.0 + r2 / (tail * tail)) ** 1.5
+        val = _profile(rows - y[:, None, None], cols - x[:, None, None], sigma, tail, tail_frac, ellip, ell_angle)
         val = val * a[:, None, None]
         ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         img += np.bincount((rows * w + cols)[np.broadcast_to(ok, val.shape)],
@@ -198,17 +190,29 @@ def _smooth_field(shape, rng, scale_px: float) -> np.ndarray:
     return f / (np.abs(f).max() + 1e-12)
 
 
-def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: str | None = None) -> Scene:
-    """Render one clean scene of ``size`` x ``size`` px at native period ``period_px`` (see the module docstring)."""
+SIMPLE_KINDS = ("square", "rect", "hex")
+
+
+def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: str | None = None, *,
+                 family: str = "full") -> Scene:
+    """Render one clean scene of ``size`` x ``size`` px at native period ``period_px`` (see the module docstring).
+
+    ``family="simple"`` (an ablation: what a prior learned from one kind of round, equal column looks like) draws
+    only one-site square, rectangular and hexagonal lattices with round Gaussian probes and equal columns.
+    """
     p = float(period_px)
+    simple = family == "simple"
     if kind is None:
-        kind = str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
+        if simple:
+            kind = str(rng.choice(SIMPLE_KINDS))
+        else:
+            kind = str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
     shape = (int(size), int(size))
     a1, a2, motif = _basis_and_motif(kind, p, rng)
     near = _nearest_spacing(a1, a2, motif)
-    sigma = max(0.6, rng.uniform(0.12, 0.42) * near)
-    ellip = 1.0 if rng.random() < 0.6 else rng.uniform(0.75, 1.0)
-    tail_frac = 0.0 if rng.random() < 0.5 else rng.uniform(0.05, 0.25)
+    sigma = max(0.5, rng.uniform(0.07, 0.42) * near)
+    ellip = 1.0 if (simple or rng.random() < 0.6) else rng.uniform(0.75, 1.0)
+    tail_frac = 0.0 if (simple or rng.random() < 0.5) else rng.uniform(0.05, 0.25)
     tail = sigma * rng.uniform(1.5, 3.0)
     origin = rng.uniform(0, 1, 2) * np.array([p, p])
     pos, hgt = _sites(shape, a1, a2, motif, origin, pad=4 * sigma + 3 * tail)
@@ -217,8 +221,9 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
     # per-column variation: vacancies, heavier/lighter columns, small random spread
     u = rng.random(len(pos))
     vac = u < rng.uniform(0.0, 0.05)
-    hgt = hgt * np.where((u > 0.9) & ~vac, rng.uniform(1.2, 1.6), 1.0)
-    hgt = hgt * np.where((u > 0.85) & (u <= 0.9), rng.uniform(0.4, 0.8), 1.0)
+    if not simple:
+        hgt = hgt * np.where((u > 0.9) & ~vac, rng.uniform(1.2, 1.6), 1.0)
+        hgt = hgt * np.where((u > 0.85) & (u <= 0.9), rng.uniform(0.4, 0.8), 1.0)
     hgt = hgt * rng.normal(1.0, rng.uniform(0, 0.06), len(pos)).clip(0.7, 1.3)
     keep = ~vac
     pos, hgt = pos[keep], hgt[keep]
@@ -282,14 +287,14 @@ class SceneBank:
     """
 
     def __init__(self, n: int, *, seed: int, period_range: tuple[float, float] = (6.0, 40.0),
-                 side_periods: float = 12.0, min_px: int = 48, max_px: int = 512) -> None:
+                 side_periods: float = 12.0, min_px: int = 48, max_px: int = 512, family: str = "full") -> None:
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7_354_211]))
         lo, hi = (float(v) for v in period_range)
         self.scenes: list[Scene] = []
         for _ in range(int(n)):
             p = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
             size = int(min(max_px, max(min_px, round(side_periods * p))))
-            self.scenes.append(render_scene(rng, p, size))
+            self.scenes.append(render_scene(rng, p, size, family=family))
 
     def __len__(self) -> int:
         return len(self.scenes)

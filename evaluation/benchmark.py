@@ -228,7 +228,9 @@ def _pixel_size_pm(meta) -> float | None:
 @dataclass
 class MethodContext:
     """What a method may know about the case besides the noisy image. ``period_px`` is measured on the noisy image;
-    ``truth`` is for oracle methods only; a method may record notes (JSON-able) in ``notes``."""
+    ``truth`` is for oracle methods only; a method may record notes (JSON-able) in ``notes``.
+    ``lattice_period_px``: the lattice period as the lattice measurement reports it, when ``period_px`` is something
+    else (on real frames ``period_px`` is the column spacing); the CycleGAN uses it, as ``denoise.py`` would."""
 
     case_name: str
     period_px: float
@@ -239,6 +241,7 @@ class MethodContext:
     seed: int = 0
     truth: np.ndarray | None = None
     notes: dict = field(default_factory=dict)
+    lattice_period_px: float | None = None
 
 
 @dataclass
@@ -295,8 +298,19 @@ def classical_methods() -> dict[str, Method]:
     }
 
 
+def parse_compare(items) -> tuple[tuple[str, Path], ...]:
+    """``["LABEL=PATH", ...]`` (the scripts' ``--compare``) as ``((label, Path), ...)``; InputError otherwise."""
+    out = []
+    for item in items or ():
+        label, sep, path = str(item).partition("=")
+        if not sep or not label.strip() or not path:
+            raise InputError(f"--compare {item!r}: expected LABEL=PATH")
+        out.append((label.strip(), Path(path)))
+    return tuple(out)
+
+
 def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None, tta: bool = False,
-                    batch_size: int = 8) -> Method:
+                    batch_size: int = 8, name: str = "cyclegan", label: str | None = None) -> Method:
     """The CycleGAN generator export at ``checkpoint``, run over stitched tiles by
     :func:`cyclegan.infer.denoise_array` with the period measured on each micrograph."""
     from cyclegan.checkpoint import load_generator
@@ -312,7 +326,8 @@ def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None,
 
     def fn(noisy, ctx):
         stats: dict = {}
-        out = denoise_array(noisy, generator, info, period_px=ctx.period_px, tta=tta, batch_size=batch_size,
+        period = ctx.lattice_period_px or ctx.period_px
+        out = denoise_array(noisy, generator, info, period_px=period, tta=tta, batch_size=batch_size,
                             device=device or "auto", stats=stats)
         if "scale" in stats:
             ctx.notes["scale"] = round(float(stats["scale"]), 4)
@@ -320,8 +335,9 @@ def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None,
             ctx.notes["n_tiles"] = int(stats["n_tiles"])
         return out
 
-    label = "CycleGAN (stitched" + (", TTA)" if tta else ")")
-    return Method("cyclegan", fn, label)
+    if label is None:
+        label = "CycleGAN (stitched" + (", TTA)" if tta else ")")
+    return Method(name, fn, label)
 
 
 def dip_method(*, preset: str | None = None, max_steps: int | None = None, device: str | None = None,
@@ -371,6 +387,7 @@ class BenchConfig:
     large_size: int = 2048
     seed: int = 0
     checkpoint: Path | None = None
+    compare: tuple[tuple[str, Path], ...] = ()
     tta: bool = False
     dip: bool = True
     dip_preset: str | None = None
@@ -413,6 +430,14 @@ class BenchConfig:
             raise ConfigError(f"dip_max_size must be >= 16 px, got {self.dip_max_size}")
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise InputError(f"--checkpoint {self.checkpoint}: no such file")
+        labels = [lab for lab, _ in self.compare]
+        for lab, path in self.compare:
+            if not lab or not all(c.isalnum() or c in "-_." for c in lab):
+                raise ConfigError(f"--compare label {lab!r}: use letters, digits, '-', '_' or '.'")
+            if not Path(path).is_file():
+                raise InputError(f"--compare {lab}={path}: no such file")
+        if len(set(labels)) != len(labels):
+            raise ConfigError("--compare labels must differ")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise InputError(f"--data {self.data_dir}: not a folder")
         if self.cases not in CASE_SETS:
@@ -453,6 +478,9 @@ def build_methods(cfg: BenchConfig) -> tuple[list[Method], list[str]]:
                 skipped.append("cyclegan: no --checkpoint given")
                 continue
             methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta))
+            for lab, path in cfg.compare:
+                methods.append(cyclegan_method(path, device=cfg.device, tta=cfg.tta, name=f"cyclegan_{lab}",
+                                               label=f"CycleGAN {lab} (stitched)"))
         elif name == "dip":
             if not cfg.dip:
                 skipped.append("dip: disabled (--no-dip)")
@@ -532,7 +560,7 @@ def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, r
         match = match_to_truth(find_columns(out, case.columns.period_px), case.columns, case.shape,
                                output=out, truth_image=case.truth)
         matches[m.name] = match
-    metrics = evaluate(out, case.truth, case.columns, match=match)
+    metrics = evaluate(out, case.truth, case.columns, match=match, noisy=case.noisy)
     if case.columns is not None and not case.vacancies_known:
         metrics["hallucinations"] = float("nan")  # vacancies unknown for truth-image-only data
         metrics["halluc_intensity"] = float("nan")

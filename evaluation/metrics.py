@@ -325,16 +325,33 @@ def column_metrics(output: np.ndarray, truth_cols: ColumnTruth, *, found: np.nda
     return result
 
 
+def noise_left(output: np.ndarray, truth: np.ndarray, noisy: np.ndarray) -> float:
+    """How much of the input's noise realisation the output still carries: the regression slope of the output's
+    error ``output - truth`` on the input's noise ``noisy - truth`` (1 for the identity, 0 when the output holds no
+    trace of this particular noise). A CycleGAN that hides the noise in its output so that a deterministic F can
+    restore it (the classic objective's "steganography") keeps a high value even when it looks clean."""
+    out, ref = _pair(output, truth)
+    n = np.asarray(noisy, dtype=np.float64) - ref
+    e = out - ref
+    n = n - n.mean()
+    var = float((n * n).mean())
+    if var <= 0:
+        return float("nan")
+    return float(((e - e.mean()) * n).mean() / var)
+
+
 def evaluate(output: np.ndarray, truth: np.ndarray, truth_cols: ColumnTruth | None,
-             *, match: ColumnMatch | None = None) -> dict:
+             *, match: ColumnMatch | None = None, noisy: np.ndarray | None = None) -> dict:
     """All metrics of one output against its truth image and (when known) its true columns, as one flat dict.
 
     Keys: ``psnr, ssim`` and, with ``truth_cols``: the :func:`column_metrics` keys, ``intensity_corr``,
-    ``dent_corr``. Without column truth the column keys are absent. ``match`` may pass a precomputed
-    :func:`match_to_truth` of this output.
+    ``dent_corr``; with ``noisy``: ``noise_left`` (:func:`noise_left`). Without column truth the column keys are
+    absent. ``match`` may pass a precomputed :func:`match_to_truth` of this output.
     """
     out, ref = _pair(output, truth)
     result = {"psnr": psnr(out, ref), "ssim": ssim(out, ref)}
+    if noisy is not None:
+        result["noise_left"] = noise_left(out, ref, noisy)
     if truth_cols is not None:
         result.update(column_metrics(out, truth_cols, truth_image=ref, match=match))
         result["intensity_corr"] = intensity_fidelity(out, ref, truth_cols.columns, truth_cols.period_px)

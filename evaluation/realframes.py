@@ -477,19 +477,9 @@ def _relative_heights(avg: np.ndarray, sites: np.ndarray) -> np.ndarray:
 
 def _periodic_part(u: np.ndarray) -> np.ndarray:
     """Moisan's periodic component of ``u``: the image without the FFT's border discontinuity (linear in u)."""
-    h, w = u.shape
-    v = np.zeros_like(u)
-    v[0, :] += u[-1, :] - u[0, :]
-    v[-1, :] += u[0, :] - u[-1, :]
-    v[:, 0] += u[:, -1] - u[:, 0]
-    v[:, -1] += u[:, 0] - u[:, -1]
-    qy = 2.0 * np.cos(2.0 * np.pi * np.fft.fftfreq(h))[:, None]
-    qx = 2.0 * np.cos(2.0 * np.pi * np.fft.fftfreq(w))[None, :]
-    denom = qy + qx - 4.0
-    denom[0, 0] = 1.0
-    s_hat = scipy.fft.fft2(v) / denom
-    s_hat[0, 0] = 0.0
-    return u - np.real(scipy.fft.ifft2(s_hat))
+    from evaluation.filters import _periodic_smooth
+
+    return _periodic_smooth(u)[0]
 
 
 def _bragg_windows(power: np.ndarray, vectors, *, order: int = BRAGG_ORDER, snr: float = BRAGG_SNR,
@@ -1062,7 +1052,7 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
         outputs = {}
         frame_rows = []
         for m in methods:
-            ctx = MethodContext(name, float(base["period_px"]), pixel_pm)
+            ctx = MethodContext(name, float(base["period_px"]), pixel_pm, lattice_period_px=float(lat["period_px"]))
             t1 = time.perf_counter()
             try:
                 out_img = np.asarray(m.fn(raw, ctx), dtype=np.float32)

@@ -23,8 +23,8 @@ from common.columns import gaussian_lowpass
 CSV_COLUMNS = (
     "case", "lattice", "set", "dose", "height", "width", "method", "label", "oracle", "psnr", "ssim", "n_true",
     "n_found", "tp", "fp", "lost", "precision", "recall", "f1", "rmse_px", "rmse_pm", "n_vacancies", "hallucinations",
-    "halluc_peak", "halluc_intensity", "intensity_corr", "dent_corr", "time_s", "mpix_per_s", "period_px",
-    "period_source", "hidden_columns", "notes",
+    "halluc_peak", "halluc_intensity", "intensity_corr", "dent_corr", "noise_left", "time_s", "mpix_per_s",
+    "period_px", "period_source", "hidden_columns", "notes",
 )
 
 # (key, header, higher_is_better, format)
@@ -38,6 +38,7 @@ TABLE_COLUMNS = (
     ("halluc", "filled vac.", False, "{}"),
     ("intensity_corr", "col. int. r", True, "{:.3f}"),
     ("dent_corr", "dent r", True, "{:.3f}"),
+    ("noise_left", "noise left", False, "{:.3f}"),
     ("mpix_per_s", "MP/s", True, "{:.3g}"),
 )
 
@@ -125,6 +126,7 @@ def aggregate(rows: Sequence[dict]) -> "OrderedDict[str, dict]":
             "halluc_frac": 100.0 * sum(known) / n_vac if known and n_vac else float("nan"),
             "intensity_corr": _nanmean(r.get("intensity_corr") for r in rs),
             "dent_corr": _nanmean(r.get("dent_corr") for r in rs),
+            "noise_left": _nanmean(r.get("noise_left") for r in rs),
             "mpix_per_s": px / 1e6 / t if t > 0 else float("inf"),
             "n_cases": len(rs),
         }

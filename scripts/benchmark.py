@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of save_simulation outputs (*.json) or images with *_truth.tif, instead of the "
                         "simulated test set")
     p.add_argument("--checkpoint", type=Path, default=None, help="CycleGAN generator export (skipped when absent)")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH",
+                   help="another generator export to run beside --checkpoint, e.g. classic=runs/c/generator.pt "
+                        "(repeatable)")
     p.add_argument("--tta", action="store_true", help="CycleGAN: average the 8 dihedral transforms")
     p.add_argument("--no-dip", action="store_true", help="leave Deep Image Prior out")
     p.add_argument("--dip-preset", default=None, help="DIP preset (default: the DIP package's default)")
@@ -85,7 +88,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} exists and is not a folder")
-    cfg = BenchConfig(
+    from evaluation.benchmark import parse_compare
+
+    cfg = BenchConfig(compare=parse_compare(args.compare),
         out_dir=args.out, quick=args.quick, data_dir=args.data, doses=args.doses, lattices=args.lattices,
         size=args.size, n_large=args.large, large_size=args.large_size, seed=args.seed, checkpoint=args.checkpoint,
         tta=args.tta, dip=not args.no_dip, dip_preset=args.dip_preset, dip_max_steps=args.dip_steps,

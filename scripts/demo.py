@@ -1,8 +1,10 @@
 """The whole job on an embedded default, end to end, on simulated data.
 
-simulate a small dataset -> prepare atom-counted patches -> train a CycleGAN briefly (quick profile) ->
-denoise a large simulated micrograph with stitched tiles -> Deep Image Prior on a crop of it -> benchmark
-(GAN vs DIP vs classical filters) -> print where everything is and the summary table.
+simulate a small dataset -> prepare atom-counted patches -> "train on your own data": fine-tune the shipped model
+``models/default.pt`` briefly on them (quick profile settings; from scratch when no shipped model is there) ->
+denoise a large simulated micrograph with stitched tiles, with the shipped model -> Deep Image Prior on a crop of it
+-> benchmark (shipped model and the fine-tuned one vs DIP vs classical filters) -> print where everything is and
+the summary table.
 
 Each step runs the project's own command-line script in a subprocess, and the command is printed first, so
 every step can be rerun by hand on one's own data. ``--size small`` (the default) takes about 10 minutes on a
@@ -89,25 +91,37 @@ def main(argv=None) -> int:
     _step("2. cut atom-counted patches (A: micrographs, B: dented synthetic lattice)", "prepare_data.py",
           ["--micrographs", str(sim), "--synthetic", str(sim / "synthetic_lattice.tif"), "--out", str(data),
            "--per-image", str(s["per_image"]), "--seed", str(args.seed), "--overwrite"], log)
+    from cyclegan.checkpoint import default_model_path
+
+    shipped = default_model_path()
     train_args = ["--data", str(data), "--out", str(run), "--profile", "quick", "--no-dashboard"]
+    if shipped.is_file():
+        train_args += ["--init", str(shipped)]
+        title = f"3. train on your own data: fine-tune the shipped model {shipped.name} briefly (quick profile)"
+    else:
+        title = "3. train on your own data: a CycleGAN from scratch, briefly (quick profile; no shipped model)"
     if s["steps"]:
         train_args += ["--steps", str(s["steps"])]
     if run.exists():  # the demo's own earlier run: start afresh (a resumed run would keep its old step count)
         shutil.rmtree(run)
-    _step("3. train the CycleGAN briefly (quick profile)", "train_cyclegan.py", train_args, log)
+    _step(title, "train_cyclegan.py", train_args, log)
+    model = shipped if shipped.is_file() else run / "generator.pt"
     _step("4a. simulate a large micrograph with a dent and known truth", "simulate.py",
           ["--out", str(large), "--n", "1", "--size", str(s["large"]), "--periods", "12", "--doses", "8",
            "--lattices", "square", "--dents", "elliptic", "--seed", str(args.seed + 100), "--overwrite"], log)
     big = sorted(p for p in large.glob("*.tif") if not p.stem.endswith(("_truth", "_thickness"))
                  and p.stem != "synthetic_lattice")[0]
-    _step("4b. denoise the large micrograph with stitched tiles", "denoise.py",
-          [str(big), "--checkpoint", str(run / "generator.pt"), "--out", str(denoised), "--overwrite"], log)
+    _step(f"4b. denoise the large micrograph with stitched tiles ({model.name})", "denoise.py",
+          [str(big), "--checkpoint", str(model), "--out", str(denoised), "--overwrite"], log)
     crop, crop_truth = _crop_pair(large, big.stem, dip, s["dip_crop"])
     _step("5. Deep Image Prior on a crop (automatic stop)", "dip_denoise.py",
           [str(crop), "--truth", str(crop_truth), "--out", str(dip / "out"), "--steps", str(s["dip_steps"]),
            "--overwrite"], log)
-    _step("6. benchmark GAN vs DIP vs classical filters", "benchmark.py",
-          ["--out", str(bench), "--checkpoint", str(run / "generator.pt"), "--overwrite", *s["bench"]], log)
+    bench_args = ["--out", str(bench), "--checkpoint", str(model), "--overwrite", *s["bench"]]
+    if model != run / "generator.pt":
+        bench_args += ["--compare", f"finetuned={run / 'generator.pt'}"]
+    _step("6. benchmark the shipped and the fine-tuned model vs DIP vs classical filters", "benchmark.py",
+          bench_args, log)
 
     total = time.perf_counter() - t_start
     print("\n=== where everything is")

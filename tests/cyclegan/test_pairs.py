@@ -69,6 +69,17 @@ def test_scale_in_the_loop_correlates_upsampled_noise_as_inference_does():
     # and at the native scale the same noise is white
     x2, y2 = make_pair(scene, 12.8, 12.8, 96, g, noise, scale_jitter=0.0, norm_jitter=0.0)
     assert abs(_lag1((x2 - y2).numpy(), 1)) < 0.05
+    # the ablation (noise added at the model's scale) never shows the model interpolated noise
+    x3, y3 = make_pair(scene, 6.0, 12.8, 96, g, noise, scale_jitter=0.0, norm_jitter=0.0, scale_in_loop=False)
+    assert x3.shape == (96, 96) and abs(_lag1((x3 - y3).numpy(), 1)) < 0.05
+
+
+def test_noise_offset_is_the_zero_count_level():
+    clean = torch.full((256, 256), 0.3)
+    g = torch.Generator().manual_seed(0)
+    noisy = stem_noise(clean, {"dose": 50.0, "offset": 0.1}, g)  # 50 counts per unit above 0.1: 10 counts
+    r = (noisy - clean).numpy() * 50.0
+    assert abs(float(noisy.mean()) - 0.3) < 0.003 and r.var() == pytest.approx(10.0, rel=0.06)
 
 
 def test_make_pair_clean_sample_is_identity_and_normalised_like_inference():
@@ -102,12 +113,17 @@ def test_every_scene_kind_renders_columns_at_the_period(kind):
     assert len(cols) >= 0.25 * (192 / 16.0) ** 2
 
 
-def test_honeycomb_keeps_its_weak_sublattice():
+def test_weak_sublattices_and_close_pairs_are_in_the_scene_family():
+    from cyclegan.synth import _basis_and_motif, _nearest_spacing
+
     rng = np.random.default_rng(2)
-    scene = render_scene(rng, 20.0, 240, "honeycomb")
-    # two sublattices: more columns than one triangular net would give
-    n_net = 240 * 240 / (20.0 * 20.0 * math.sqrt(3) / 2)
-    assert len(find_columns(scene.image, 20.0 / math.sqrt(3))) > 1.4 * n_net * 0.7
+    for _ in range(20):
+        _a1, _a2, motif = _basis_and_motif("honeycomb", 20.0, rng)
+        assert len(motif) == 2 and motif[0][2] == 1.0 and 0.2 <= motif[1][2] <= 0.8  # unequal sublattices
+        a1, a2, motif = _basis_and_motif("perovskite", 20.0, rng)
+        assert min(m[2] for m in motif) <= 0.6  # a weaker B (and O) site
+        a1, a2, motif = _basis_and_motif("dumbbell", 20.0, rng)
+        assert 0.3 * 20.0 - 1e-6 <= _nearest_spacing(a1, a2, motif) <= 0.45 * 20.0 + 1e-6  # pairs, not blobs
 
 
 def test_scene_bank_is_deterministic_and_spans_the_period_range():
@@ -126,3 +142,10 @@ def test_synthetic_batches_are_a_pure_function_of_seed_step_rank():
     x3, _ = src.batch(4, step_generator(0, 18, 0))
     assert x1.shape == (4, 1, 32, 32) and torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(x1, x3)
+
+
+def test_simple_scene_family_has_only_round_equal_one_site_columns():
+    from cyclegan.synth import SIMPLE_KINDS
+
+    bank = SceneBank(6, seed=1, period_range=(10.0, 14.0), family="simple")
+    assert {sc.kind for sc in bank} <= set(SIMPLE_KINDS)

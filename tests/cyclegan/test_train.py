@@ -17,6 +17,7 @@ from cyclegan.config import config_from_dict, config_to_dict, load_config, profi
 from cyclegan.data import UnpairedPatches, write_toy_patches
 from cyclegan.losses import LowPass
 from cyclegan.train import LOSS_NAMES, TrainingDiverged, lr_factor, train
+from tests.cyclegan.helpers import StubDashboard
 
 torch.set_num_threads(1)
 
@@ -28,17 +29,6 @@ TINY = {"steps": 8, "batch_size": 2, "crop_px": 16, "num_workers": 0, "log_every
 def tiny(**over):
     cfg = config_from_dict(TINY)
     return config_from_dict(over, base=cfg) if over else cfg
-
-
-class StubDashboard:
-    def __init__(self):
-        self.scalars_log, self.images_log = [], []
-
-    def scalars(self, step, values):
-        self.scalars_log.append((step, dict(values)))
-
-    def images(self, step, panels):
-        self.images_log.append((step, panels))
 
 
 @pytest.fixture(scope="module")

@@ -11,23 +11,13 @@ from cyclegan.checkpoint import load_generator, safe_torch_load
 from cyclegan.config import config_from_dict, profile_config
 from cyclegan.data import write_toy_patches
 from cyclegan.train import STOCHASTIC_LOSS_NAMES, train
+from tests.cyclegan.helpers import StubDashboard
 
 TINY = {"objective": "stochastic", "steps": 6, "batch_size": 2, "crop_px": 24, "num_workers": 0, "log_every": 1,
         "image_every": 3, "checkpoint_every": 3, "pool_size": 3, "device": "cpu", "bank_size": 4,
         "period_range": [8.0, 16.0], "period_px": 8.0, "patch_px": 32, "atoms_per_patch": 4.0,
         "generator": {"width": 4, "n_blocks": 1, "n_down": 1}, "discriminator": {"width": 4, "n_layers": 2},
         "dashboard": {"enabled": False}}
-
-
-class StubDashboard:
-    def __init__(self):
-        self.scalars_log, self.images_log = [], []
-
-    def scalars(self, step, values):
-        self.scalars_log.append((step, dict(values)))
-
-    def images(self, step, panels):
-        self.images_log.append((step, panels))
 
 
 def tiny(**over):

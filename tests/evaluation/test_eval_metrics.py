@@ -155,3 +155,17 @@ def test_visible_columns_leaves_out_what_the_truth_does_not_show(sim):
     assert column_metrics(faint, visible, truth_image=faint)["f1"] == 1.0
     assert len(visible.heavy) == len(cols.heavy) - int(i in cols.heavy)
     np.testing.assert_array_equal(visible.columns[visible.heavy], cols.columns[np.setdiff1d(cols.heavy, [i])])
+
+
+def test_noise_left_measures_the_noise_realisation_kept():
+    from evaluation.metrics import noise_left
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((64, 64)).astype(np.float32) * 10
+    noisy = truth + rng.normal(0, 1, truth.shape).astype(np.float32)
+    assert noise_left(noisy, truth, noisy) == pytest.approx(1.0)
+    assert noise_left(truth, truth, noisy) == pytest.approx(0.0)
+    assert noise_left(0.5 * (noisy + truth), truth, noisy) == pytest.approx(0.5)
+    # an output with fresh noise of the same strength looks as noisy but carries none of this realisation
+    other = truth + rng.normal(0, 1, truth.shape).astype(np.float32)
+    assert abs(noise_left(other, truth, noisy)) < 0.05
