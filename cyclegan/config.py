@@ -6,10 +6,17 @@ unknown key, a wrong type or a bad value raises :class:`~common.errors.ConfigErr
 
 Profiles:
 
-* ``default``: generator width 32 / 6 blocks / one stride-2 stage, PatchGAN width 32 / 2 layers, 64 px patches
-  (5 x 5 atoms), batch 16, 20 000 steps. Sized to be useful from a laptop CPU (hours) to one H200 (minutes).
-* ``quick``: generator width 16 / 3 blocks, PatchGAN width 16, 48 px random crops, batch 8, 600 steps with the LR
-  decaying from step 300 -- a model that visibly denoises after about 2-3 minutes on a 2-core CPU.
+* ``default``: the stochastic objective (see :mod:`cyclegan.pairs`): the clean cycle G(F(b)) = b with an explicit
+  noise layer F and scale in the loop, plus (with micrographs) the adversarial and low-pass terms on G(a).
+  Generator width 16 / 6 blocks / two stride-2 stages (receptive field 131 px, about 10 periods), 64 px crops,
+  batch 16, Adam 5e-4, 3000 steps. ``scripts/train_default.py`` trains the shipped model with it on synthetic
+  scenes (``clean_source="synthetic"``); on a data folder the clean side is ``DATA/trainB``.
+* ``quick``: the same objective with a width 8 / 3 block generator, 48 px crops, batch 8, 300 steps.
+* ``classic``: the classic CycleGAN objective of the reference recipe (deterministic F, noisy cycle at full
+  weight): generator width 32 / 6 blocks / one stride-2 stage, PatchGAN width 32 / 2 layers, 64 px patches,
+  batch 16, 20 000 steps. These are also :class:`TrainConfig`'s field defaults, so a run written by the first
+  version resumes unchanged.
+* ``classic-quick``: the classic objective at the old quick size (width 16 / 3 blocks, 48 px, batch 8, 600 steps).
 """
 from __future__ import annotations
 
@@ -57,6 +64,17 @@ class TrainConfig:
     patch folder without a manifest. ``precision`` "auto" is bf16 autocast on CUDA (fp16 + GradScaler where bf16
     is unsupported) and float32 on CPU; ``channels_last`` applies on CUDA only. ``num_workers``: DataLoader worker
     processes (the batches do not depend on it).
+
+    Noise of the stochastic objective with ``clean_source`` "trainB": ``noise_source`` "estimated" draws each pair's
+    noise around a random training micrograph's noise model from ``DATA/manifest.json`` (dose, read noise and row
+    offsets scaled by log-uniform factors within ``exp(+-noise_spread)``, correlations shifted by up to
+    ``+-noise_spread / 6``) at that micrograph's own period (``noise.clean_frac`` still sets the share of noise-free
+    pairs); "ranges" draws it from ``noise``; "auto" is "estimated" when the manifest holds estimates, else "ranges"
+    (and always "ranges" for the synthetic source). With estimated noise and micrographs, ``refine_noise`` (off by
+    default: on simulations it recovered a wrong dose but let good correlation and read-noise estimates drift, so
+    the estimates alone were the more accurate) refines the estimates adversarially: a discriminator D_A tells real micrograph patches from noise-layer outputs, and the
+    noise corrections learn from its verdict (weight ``lambda_noise_adv``) at ``noise_lr_factor`` times the
+    generator's learning rate (see :mod:`cyclegan.pairs`). None of these change a synthetic-source run.
     """
 
     seed: int = 0
@@ -80,7 +98,13 @@ class TrainConfig:
     scale_jitter: float = 0.08
     period_range: tuple[float, float] = (6.0, 40.0)
     bank_size: int = 600
+    scene_family: Literal["full", "simple"] = "full"
     noise: NoiseRanges = field(default_factory=NoiseRanges)
+    noise_source: Literal["auto", "ranges", "estimated"] = "auto"
+    noise_spread: float = 0.3
+    refine_noise: bool = False
+    lambda_noise_adv: float = 1.0
+    noise_lr_factor: float = 4.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     device: str = "auto"
@@ -125,6 +149,12 @@ class TrainConfig:
         need(2 <= lo <= hi <= 200, f"period_range must be [low, high] px with 2 <= low <= high <= 200, got "
                                    f"{list(self.period_range)}")
         need(1 <= self.bank_size <= 100000, f"bank_size must be in 1..100000, got {self.bank_size}")
+        need(0 <= self.noise_spread <= 1, f"noise_spread must be in [0, 1], got {self.noise_spread}")
+        need(self.lambda_noise_adv >= 0, f"lambda_noise_adv must be >= 0, got {self.lambda_noise_adv}")
+        need(0 < self.noise_lr_factor <= 1000, f"noise_lr_factor must be in (0, 1000], got {self.noise_lr_factor}")
+        need(not (self.noise_source == "estimated" and self.clean_source != "trainB"),
+             "noise_source 'estimated' needs clean_source 'trainB' (the estimates are in the units of the data "
+             "folder's patches)")
         self.noise.validate()
 
 
@@ -132,8 +162,8 @@ def profile_config(name: str = "default") -> TrainConfig:
     """The named profile's config (see the module docstring)."""
     if name == "default":
         return TrainConfig(
-            objective="stochastic", clean_source="trainB", steps=4000, batch_size=16, crop_px=64, lr=5e-4, beta1=0.9, decay_start=0.5,
-            num_workers=0, log_every=10, image_every=250, checkpoint_every=250, period_px=12.8, patch_px=64,
+            objective="stochastic", clean_source="trainB", steps=3000, batch_size=16, crop_px=64, lr=5e-4,
+            beta1=0.9, decay_start=0.5, num_workers=0, log_every=10, image_every=250, checkpoint_every=250, period_px=12.8, patch_px=64,
             atoms_per_patch=5.0, generator=GeneratorConfig(width=16, n_blocks=6, n_down=2),
         )
     if name == "quick":

@@ -14,7 +14,9 @@ whole state is ``(seed, step)``.
 
 Augmentation (albumentations 2.0.8): ``A.RandomCrop`` to ``crop_px`` and ``A.SquareSymmetry`` (the dihedral group
 D4: identity, three rotations by 90 degrees, four flips; an alias of ``A.D4``). Both are geometric, so float32
-values pass unchanged -- nothing clips.
+values pass unchanged -- nothing clips. With ``scan_aligned_a`` the A patches get only the flips that keep rows as
+rows (identity, either flip, both), so their noise keeps its fast-scan orientation (for a discriminator that judges
+the noise: :class:`cyclegan.pairs.NoiseRefiner`).
 """
 from __future__ import annotations
 
@@ -120,12 +122,16 @@ def files_digest(files: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def build_augment(crop_px: int | None) -> A.Compose:
-    """Albumentations pipeline: optional random crop to ``crop_px``, then a random element of the D4 group."""
+def build_augment(crop_px: int | None, *, scan_aligned: bool = False) -> A.Compose:
+    """Albumentations pipeline: optional random crop to ``crop_px``, then a random element of the D4 group (with
+    ``scan_aligned``: of its subgroup that keeps rows as rows, the horizontal and vertical flips)."""
     transforms = []
     if crop_px is not None:
         transforms.append(A.RandomCrop(height=crop_px, width=crop_px, p=1.0))
-    transforms.append(A.SquareSymmetry(p=1.0))
+    if scan_aligned:
+        transforms += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    else:
+        transforms.append(A.SquareSymmetry(p=1.0))
     return A.Compose(transforms, seed=0)
 
 
@@ -133,11 +139,12 @@ class UnpairedPatches(Dataset):
     """Map-style dataset indexed by keys ``(index_a, index_b, seed_a, seed_b)`` from :class:`StepBatchSampler`.
 
     Returns ``{"A": (1, c, c) float32 tensor, "B": (1, c, c) float32 tensor}`` with ``c = crop_px`` (or the
-    patch size). Patches are read lazily, so worker processes share nothing but file names.
+    patch size). Patches are read lazily, so worker processes share nothing but file names. ``scan_aligned_a``:
+    A patches are only flipped, never turned by 90 degrees (module docstring).
     """
 
     def __init__(self, dir_a: str | os.PathLike, dir_b: str | os.PathLike, *, crop_px: int | None = None,
-                 augment: bool = True) -> None:
+                 augment: bool = True, scan_aligned_a: bool = False) -> None:
         self.files_a = list_patches(dir_a)
         self.files_b = list_patches(dir_b)
         first_a = read_patch(self.files_a[0])
@@ -151,6 +158,7 @@ class UnpairedPatches(Dataset):
             raise InputError(f"trainA patches {first_a.shape} and trainB patches {first_b.shape} must be the "
                              f"same square size (or set crop_px)")
         self.augment = build_augment(crop_px) if augment else None
+        self.augment_a = build_augment(crop_px, scan_aligned=True) if augment and scan_aligned_a else self.augment
 
     @property
     def n_a(self) -> int:
@@ -166,11 +174,11 @@ class UnpairedPatches(Dataset):
     def __len__(self) -> int:
         return self.n_a
 
-    def _load(self, path: Path, seed: int) -> torch.Tensor:
+    def _load(self, path: Path, seed: int, augment: A.Compose | None) -> torch.Tensor:
         arr = read_patch(path)
-        if self.augment is not None:
-            self.augment.set_random_seed(seed)
-            arr = self.augment(image=arr)["image"]
+        if augment is not None:
+            augment.set_random_seed(seed)
+            arr = augment(image=arr)["image"]
         elif self.crop_px is not None:
             arr = arr[: self.crop_px, : self.crop_px]
         if self.crop_px is not None and arr.shape != (self.crop_px, self.crop_px):
@@ -179,7 +187,8 @@ class UnpairedPatches(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
         ia, ib, sa, sb = key
-        return {"A": self._load(self.files_a[ia], sa), "B": self._load(self.files_b[ib], sb)}
+        return {"A": self._load(self.files_a[ia], sa, self.augment_a),
+                "B": self._load(self.files_b[ib], sb, self.augment)}
 
 
 def sample_keys(seed: int, step: int, rank: int, world_size: int, batch_size: int, n_a: int, n_b: int,

@@ -16,6 +16,10 @@ Losses per step (all L1 terms are means over pixels):
 + |blur(F(b)) - blur(b)|)`` and ``L_D = sum over domains of 0.5 * (lsgan(D(real), 1) + lsgan(D(pool(fake)), 0))``.
 Adam (lr 2e-4, betas 0.5/0.999), LR constant for ``decay_start * steps`` steps then linear to zero.
 
+The stochastic objective (the default profiles) trains G on pairs from an explicit noise layer instead
+(:meth:`CycleGAN.step_stochastic`, :mod:`cyclegan.pairs`); on a data folder whose manifest holds the micrographs'
+noise estimates it draws the noise around them and refines them adversarially (networks ``D_A`` and ``noise``).
+
 Exact resume: the data order is a pure function of (seed, step, rank) (:mod:`cyclegan.data`); the image pools draw
 from their own seeded generators; nothing else is random after initialisation. A run killed at any point and
 resumed with ``resume=True`` therefore reaches the same weights, bit for bit on CPU, as one that never stopped.
@@ -26,7 +30,8 @@ keeps its own image pools and RNG streams; rank 0 alone logs and writes checkpoi
 ranks' pools and RNG states into the checkpoint). In the generator step the discriminators run unwrapped with
 their parameters frozen, so only G and F synchronise gradients there; in the discriminator step only D_A and D_B
 run (on detached fakes). Every parameter of a wrapped network is used in each of its backward passes, so
-``find_unused_parameters`` stays off.
+``find_unused_parameters`` stays off. The noise refiner (five scalars) is not wrapped: its gradients are averaged
+across ranks by hand.
 
 Mixed precision on CUDA: bf16 autocast where supported (fp16 with GradScaler otherwise) and channels_last;
 float32 on CPU. The residual add of the generator and every loss are computed in float32.
@@ -64,6 +69,7 @@ from cyclegan.models import build_discriminator, build_generator
 
 LOSS_NAMES = ("loss_G", "gan_G", "gan_F", "cycle_A", "cycle_B", "idt_A", "idt_B", "lowfreq", "loss_D_A", "loss_D_B")
 STOCHASTIC_LOSS_NAMES = ("loss_G", "clean", "gan_G", "lowfreq", "loss_D_B")
+REFINE_LOSS_NAMES = ("gan_noise", "loss_D_A")  # logged as well by runs that refine the noise estimates
 NETS = ("G", "F", "D_A", "D_B")
 
 
@@ -166,7 +172,11 @@ class CycleGAN:
     """Everything that changes during training, and the step that changes it."""
 
     def __init__(self, cfg: TrainConfig, info: DataInfo, device: torch.device, ctx: DistContext | None = None,
-                 *, nets: dict[str, nn.Module] | None = None, has_a: bool = True) -> None:
+                 *, nets: dict[str, nn.Module] | None = None, has_a: bool = True,
+                 noise_estimates: list | None = None) -> None:
+        """``noise_estimates`` (:class:`cyclegan.pairs.EstimatedNoise`, the noise source of the pairs): with them,
+        micrographs and ``cfg.refine_noise``, the stochastic objective refines them adversarially (networks
+        ``D_A`` and ``noise``, a :class:`cyclegan.pairs.NoiseRefiner`; see :func:`_refines`)."""
         ctx = ctx or DistContext()
         self.cfg, self.info, self.device, self.ctx = cfg, info, device, ctx
         self.amp_dtype, use_scaler = precision_for(cfg, device)
@@ -174,11 +184,19 @@ class CycleGAN:
         self.stochastic = cfg.objective == "stochastic"
         # the stochastic objective judges G(a) only when there are micrographs (domain A) to judge
         self.adversarial = self.stochastic and has_a and cfg.lambda_adv > 0
+        self.refine = nets is None and has_a and _refines(cfg, noise_estimates)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         if nets is None and self.stochastic:
             nets = {"G": build_generator(cfg.generator)}
             if self.adversarial:
                 nets["D_B"] = build_discriminator(cfg.discriminator)
+            if self.refine:
+                from cyclegan.pairs import NoiseRefiner
+
+                nets["D_A"] = build_discriminator(cfg.discriminator)
+                reference = (float(np.mean([e.corr_row for e in noise_estimates])),
+                             float(np.mean([e.corr_col for e in noise_estimates])))
+                nets["noise"] = NoiseRefiner(reference)
         if nets is None:  # (the training benchmark passes other networks)
             nets = {
                 "G": build_generator(cfg.generator), "F": build_generator(cfg.generator),
@@ -186,17 +204,22 @@ class CycleGAN:
             }
         self.net_names = tuple(nets)
         self.loss_names = STOCHASTIC_LOSS_NAMES if self.stochastic else LOSS_NAMES
+        if self.refine:
+            self.loss_names = STOCHASTIC_LOSS_NAMES + REFINE_LOSS_NAMES
         self.nets: dict[str, nn.Module] = {}
         for name, net in nets.items():
             net = net.to(device)
             if self.channels_last:
                 net = net.to(memory_format=torch.channels_last)
-            if ctx.ddp:
+            if ctx.ddp and name != "noise":  # (five scalars: their gradients are averaged by hand)
                 net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
                           gradient_as_bucket_view=True)
             self.nets[name] = net
         betas = (cfg.beta1, cfg.beta2)
-        gen_params = [p for n in ("G", "F") if n in self.nets for p in self.nets[n].parameters()]
+        gen_params: list = [p for n in ("G", "F") if n in self.nets for p in self.nets[n].parameters()]
+        if "noise" in self.nets:
+            gen_params = [{"params": gen_params},
+                          {"params": list(self.nets["noise"].parameters()), "lr": cfg.lr * cfg.noise_lr_factor}]
         dis_params = [p for n in ("D_A", "D_B") if n in self.nets for p in self.nets[n].parameters()]
         if not dis_params:  # keeps one code path for optimiser/scheduler state; never stepped
             dis_params = [nn.Parameter(torch.zeros(1, device=device))]
@@ -221,7 +244,7 @@ class CycleGAN:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def step_stochastic(self, noisy: torch.Tensor, clean: torch.Tensor, real_A: torch.Tensor | None = None,
-                        real_B: torch.Tensor | None = None, *, visuals: bool = False
+                        real_B: torch.Tensor | None = None, *, soft: list | None = None, visuals: bool = False
                         ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
         """One update of the stochastic objective.
 
@@ -231,18 +254,26 @@ class CycleGAN:
         (``real_A``), ``G(a)`` is also judged by D_B against clean patches ``real_B`` (weight ``lambda_adv``) and
         its low-pass must equal the micrograph's (``lambda_lowfreq``): this is where the noisy side acts, only
         through a low-pass, so G gains nothing by hiding noise.
+
+        Noise refinement (runs built with ``noise_estimates``; ``soft``: the batch's
+        :class:`cyclegan.pairs.SoftSample` list): D_A learns ``real_A`` (centre crop) against the refiner's
+        differentiable noisy crops ``F~(b)`` (through an image pool) and the refiner's corrections learn from
+        ``lambda_noise_adv * lsgan(D_A(F~(b)), 1)``, and from nothing else: ``noisy`` was made by the Poisson layer
+        with the corrections as plain numbers, so G's clean loss does not reach them.
         """
         cfg = self.cfg
         G = self.nets["G"]
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         n = noisy.shape[0]
         judge = real_A is not None and self.adversarial
+        refine = self.refine and real_A is not None and soft is not None
         self.opt_G.zero_grad(set_to_none=True)
         self.opt_D.zero_grad(set_to_none=True)
-        D_B = self.nets.get("D_B")
-        if D_B is not None:
-            for p in D_B.parameters():
-                p.requires_grad_(False)
+        D_B, D_A = self.nets.get("D_B"), self.nets.get("D_A")
+        for D in (D_B, D_A):
+            if D is not None:
+                for p in D.parameters():
+                    p.requires_grad_(False)
         with self._autocast():
             if judge and real_A.shape[-2:] == noisy.shape[-2:]:
                 out = G(torch.cat([noisy, real_A]).contiguous(memory_format=fmt))
@@ -252,17 +283,38 @@ class CycleGAN:
                 fake_B = G(real_A.contiguous(memory_format=fmt)) if judge else None
         clean_loss = losses.cycle_l1(denoised, clean)
         zero = torch.zeros((), device=self.device)
-        gan_G, lowfreq, loss_D_B = zero, zero, zero
+        gan_G, lowfreq, loss_D_B, gan_noise, loss_D_A = zero, zero, zero, zero, zero
         if fake_B is not None:
             with self._autocast():
                 gan_G = losses.lsgan_loss(_unwrap(D_B)(fake_B), True)
             if cfg.lambda_lowfreq > 0:
                 lowfreq = losses.lowfreq_l1(fake_B, real_A, self.lowpass)
-        loss_G = cfg.lambda_clean * clean_loss + cfg.lambda_adv * gan_G + cfg.lambda_lowfreq * lowfreq
+        fake_A = None
+        if refine:
+            fake_A = self.nets["noise"](soft)  # float32, differentiable in the refiner's corrections only
+            with self._autocast():
+                gan_noise = losses.lsgan_loss(_unwrap(D_A)(fake_A.contiguous(memory_format=fmt)), True)
+        loss_G = (cfg.lambda_clean * clean_loss + cfg.lambda_adv * gan_G + cfg.lambda_lowfreq * lowfreq
+                  + cfg.lambda_noise_adv * gan_noise)
         self.scaler_G.scale(loss_G).backward()
-        if D_B is not None:
-            for p in D_B.parameters():
-                p.requires_grad_(True)
+        if refine and self.ctx.ddp:
+            for p in self.nets["noise"].parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= self.ctx.world_size
+        for D in (D_B, D_A):
+            if D is not None:
+                for p in D.parameters():
+                    p.requires_grad_(True)
+        if refine:
+            pooled_A = self.pool_A.query(fake_A.detach().float())
+            side = pooled_A.shape[-1]
+            k = (real_A.shape[-1] - side) // 2
+            real = real_A[..., k:k + side, k:k + side]
+            with self._autocast():
+                pred = D_A(torch.cat([real, pooled_A.to(real.dtype)]).contiguous(memory_format=fmt))
+            m = real.shape[0]
+            loss_D_A = 0.5 * (losses.lsgan_loss(pred[:m], True) + losses.lsgan_loss(pred[m:], False))
+            self.scaler_D.scale(loss_D_A).backward()
         if fake_B is not None:
             pooled = self.pool_B.query(fake_B.detach().float())
             with self._autocast():
@@ -270,25 +322,30 @@ class CycleGAN:
             m = real_B.shape[0]
             loss_D_B = 0.5 * (losses.lsgan_loss(pred[:m], True) + losses.lsgan_loss(pred[m:], False))
             self.scaler_D.scale(loss_D_B).backward()
-        vec = torch.stack([loss_G, clean_loss, gan_G, lowfreq, loss_D_B]).detach().float()
+        terms = [loss_G, clean_loss, gan_G, lowfreq, loss_D_B] + ([gan_noise, loss_D_A] if self.refine else [])
+        vec = torch.stack(terms).detach().float()
         if self.ctx.ddp:
             dist.all_reduce(vec)
             vec /= self.ctx.world_size
-        values = dict(zip(STOCHASTIC_LOSS_NAMES, vec.tolist()))
+        values = dict(zip(self.loss_names, vec.tolist()))
+        if self.refine:
+            values.update(self.raw("noise").summary())
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             raise TrainingDiverged(", ".join(f"{k}={v}" for k, v in bad.items()))
         self.scaler_G.step(self.opt_G)
         self.scaler_G.update()
-        if fake_B is not None:
+        if fake_B is not None or refine:
             self.scaler_D.step(self.opt_D)
             self.scaler_D.update()
         self.sched_G.step()
-        if D_B is not None:
+        if D_B is not None or D_A is not None:
             self.sched_D.step()
         panels = None
         if visuals:
             views = [("F(B)", noisy), ("G(F(B))", denoised), ("B", clean)]
+            if fake_A is not None:
+                views.insert(1, ("F~(B)", fake_A))
             if fake_B is not None:
                 views = [("A", real_A), ("G(A)", fake_B)] + views
             panels = {k: v[0, 0].detach().float().cpu().numpy() for k, v in views}
@@ -450,7 +507,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def _check_resume_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    """A resumed run may change only runtime settings; another architecture is a CheckpointError."""
+    """A resumed run may change only runtime settings; another architecture is a CheckpointError. Keys a run of an
+    earlier version did not record take their field defaults (which are that version's behaviour)."""
+    saved = {**config_to_dict(TrainConfig()), **saved}
     current = config_to_dict(cfg)
     arch = [d for d in config_differences({k: saved.get(k) for k in ("generator", "discriminator")},
                                           {k: current[k] for k in ("generator", "discriminator")})]
@@ -518,7 +577,13 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
     else:
         info = read_data_info(data_dir, patch_px=cfg.patch_px, atoms_per_patch=cfg.atoms_per_patch,
                               period_px=cfg.period_px)
-        dataset = UnpairedPatches(data_dir / "trainA", data_dir / "trainB", crop_px=cfg.crop_px)
+    estimates = None
+    if stochastic and cfg.clean_source == "trainB" and data_dir is not None:
+        estimates = _noise_estimates(cfg, data_dir, ctx)
+    if data_dir is not None:
+        # a discriminator that judges the noise needs the micrographs' scan rows kept as rows
+        dataset = UnpairedPatches(data_dir / "trainA", data_dir / "trainB", crop_px=cfg.crop_px,
+                                  scan_aligned_a=_refines(cfg, estimates))
 
     # Run folder and checkpoint to resume from.
     ckpt_path = _find_checkpoint(out_dir) if out_dir.is_dir() else None
@@ -552,8 +617,10 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
     # Seeds, models, state.
     random.seed(cfg.seed + ctx.rank)
     np.random.seed((cfg.seed + ctx.rank) % 2**32)
-    model = CycleGAN(cfg, info, device, ctx, has_a=dataset is not None)
-    pairs = _pair_source(cfg, info, dataset, data_dir, ctx) if stochastic else None
+    model = CycleGAN(cfg, info, device, ctx, has_a=dataset is not None, noise_estimates=estimates)
+    refiner = model.raw("noise") if model.refine else None
+    pairs = _pair_source(cfg, info, dataset, data_dir, ctx, estimates=estimates, refiner=refiner) if stochastic \
+        else None
     torch.manual_seed(cfg.seed + 1 + ctx.rank)  # per-rank stream after the shared initialisation
     start_step = 0
     if init is not None and ckpt is None:
@@ -638,9 +705,9 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
             want_panels = dashboard is not None and (step + 1) % cfg.image_every == 0
             try:
                 if stochastic:
-                    noisy, clean = pairs(step, real_B)
+                    noisy, clean, soft = pairs(step, real_B)
                     values, panels = model.step_stochastic(noisy.to(device), clean.to(device), real_A, real_B,
-                                                           visuals=want_panels)
+                                                           soft=soft, visuals=want_panels)
                 else:
                     values, panels = model.step(real_A, real_B, visuals=want_panels)
             except TrainingDiverged as exc:
@@ -696,11 +763,45 @@ def load_init_generator(generator: nn.Module, path: str | os.PathLike, cfg: Trai
         generator.load_state_dict(net.state_dict(), strict=True)
 
 
-def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | None, ctx: DistContext):
-    """``pairs(step, real_B) -> (noisy, clean)`` model-scale batches of the stochastic objective, a pure function
-    of (seed, step, rank): from a seeded bank of synthetic scenes (``clean_source`` "synthetic") or from the clean
-    patches ``real_B`` of the data folder ("trainB"), through the noise layer and the inference resampler."""
-    from cyclegan.pairs import SyntheticPairs, make_pair, draw_noise, step_generator
+def _refines(cfg: TrainConfig, estimates: list | None) -> bool:
+    """Whether a run with micrographs refines the noise estimates: the stochastic objective with noise drawn around
+    ``estimates``, ``refine_noise`` on and ``lambda_noise_adv > 0``."""
+    return (cfg.objective == "stochastic" and cfg.clean_source == "trainB" and bool(estimates) and cfg.refine_noise
+            and cfg.lambda_noise_adv > 0)
+
+
+def _noise_estimates(cfg: TrainConfig, data_dir: Path, ctx: DistContext) -> list | None:
+    """The training micrographs' noise models when ``cfg.noise_source`` resolves to "estimated", else None (the
+    pairs then draw from ``cfg.noise``); ConfigError when "estimated" is asked for and the manifest has none."""
+    from cyclegan.pairs import read_noise_estimates
+
+    if cfg.noise_source == "ranges":
+        return None
+    estimates = read_noise_estimates(data_dir)
+    if not estimates:
+        if cfg.noise_source == "estimated":
+            raise ConfigError(f"noise_source 'estimated' needs noise estimates in {data_dir / 'manifest.json'}; "
+                              f"prepare the data again with scripts/prepare_data.py or use noise_source 'ranges'")
+        _say("no noise estimates in the data folder's manifest: noise drawn from the config's ranges", ctx)
+        return None
+    doses = sorted(e.peak_dose for e in estimates)
+    _say(f"noise drawn around the estimates of {len(estimates)} micrograph(s) (dose {doses[0]:.3g}-{doses[-1]:.3g} "
+         f"counts at a column peak)", ctx)
+    return estimates
+
+
+def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | None, ctx: DistContext, *,
+                 estimates: list | None = None, refiner: nn.Module | None = None):
+    """``pairs(step, real_B) -> (noisy, clean, soft)``: model-scale batches of the stochastic objective, a pure
+    function of (seed, step, rank) and the refiner's state: from a seeded bank of synthetic scenes (``clean_source``
+    "synthetic") or from the clean patches ``real_B`` of the data folder ("trainB"), through the noise layer and the
+    inference resampler. ``soft`` is None, or with a ``refiner`` the batch's inputs to its differentiable noise.
+
+    trainB patches are in their micrograph's normalised units, so the pairs keep those units. Their noise comes
+    from ``estimates`` (:func:`cyclegan.pairs.draw_estimated_noise`, at the chosen micrograph's own period, with the
+    refiner's corrections) or, without them, from ``cfg.noise`` at a native period drawn from ``period_range``."""
+    from cyclegan.pairs import (MARGIN_MODEL_PX, SoftSample, SyntheticPairs, draw_estimated_noise, draw_noise,
+                                native_crop, pair_from_crop, resample, step_generator)
     from cyclegan.synth import SceneBank
 
     crop = int(cfg.crop_px or info.patch_px)
@@ -708,12 +809,13 @@ def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | Non
     if cfg.clean_source == "synthetic":
         _say(f"rendering {cfg.bank_size} synthetic scenes (periods {cfg.period_range[0]:g}-"
              f"{cfg.period_range[1]:g} px)", ctx)
-        bank = SceneBank(cfg.bank_size, seed=cfg.seed, period_range=cfg.period_range)
+        bank = SceneBank(cfg.bank_size, seed=cfg.seed, period_range=cfg.period_range, family=cfg.scene_family)
         source = SyntheticPairs(bank, model_period=info.period_px, crop_px=crop, ranges=cfg.noise,
-                                scale_jitter=jitter)
+                                scale_jitter=jitter, scale_in_loop=cfg.scale_in_loop)
 
         def pairs(step: int, real_B):
-            return source.batch(cfg.batch_size, step_generator(cfg.seed, step, ctx.rank))
+            x, y = source.batch(cfg.batch_size, step_generator(cfg.seed, step, ctx.rank))
+            return x, y, None
         return pairs
     if dataset is None:
         raise ConfigError("clean_source 'trainB' needs a data folder")
@@ -721,21 +823,31 @@ def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | Non
 
     def pairs_b(step: int, real_B):
         gen = step_generator(cfg.seed, step, ctx.rank)
-        xs, ys = [], []
+        gen_soft = step_generator(cfg.seed, step, ctx.rank, stream=1) if refiner is not None else None
+        xs, ys, soft = [], [], []
         for b in real_B.detach().float().cpu():
-            # the patch is at the model's scale; put it at a native period drawn from the micrographs' range
-            native = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand((), generator=gen)))
+            # the patch is at the model's scale; put it at a native period: its micrograph's, or drawn from a range
+            if estimates:
+                noise, est = draw_estimated_noise(gen, estimates, cfg.noise_spread, cfg.noise.clean_frac)
+                native = est.period_px
+            else:
+                native = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand((), generator=gen)))
+                noise = draw_noise(gen, cfg.noise)
             if not cfg.scale_in_loop:
                 native = info.period_px
             n_nat = max(8, int(round(b.shape[-1] * native / info.period_px)))
-            from cyclegan.pairs import resample
-
             scene = resample(b[0], n_nat).numpy()
-            x, y = make_pair(scene, native, info.period_px, b.shape[-1] - 2 * 4, gen, draw_noise(gen, cfg.noise),
-                             scale_jitter=jitter if cfg.scale_in_loop else 0.0)
+            side = b.shape[-1] - 2 * MARGIN_MODEL_PX
+            clean_nat = native_crop(scene, native, info.period_px, side, gen,
+                                    scale_jitter=jitter if cfg.scale_in_loop else 0.0)
+            x, y = pair_from_crop(clean_nat, side, gen, refiner.refine(noise) if refiner is not None else noise,
+                                  scale_in_loop=cfg.scale_in_loop, renormalise=False)
             xs.append(x)
             ys.append(y)
-        return torch.stack(xs)[:, None], torch.stack(ys)[:, None]
+            if refiner is not None:
+                at = clean_nat if cfg.scale_in_loop else resample(clean_nat, side + 2 * MARGIN_MODEL_PX)
+                soft.append(SoftSample.draw(at, noise, side, gen_soft))
+        return torch.stack(xs)[:, None], torch.stack(ys)[:, None], (soft if refiner is not None else None)
     return pairs_b
 
 

@@ -49,7 +49,7 @@ from scipy import ndimage
 from common.arrays import as_real_image
 from common.errors import InputError
 
-__all__ = ["NoiseEstimate", "estimate_noise"]
+__all__ = ["NoiseEstimate", "central_crop", "estimate_noise"]
 
 _MIN_SIDE = 48  # px; the smallest image side accepted
 _ENVELOPES = (0.5, 0.75, 1.0, 1.5)  # envelope (Gaussian sigma) of the lattice filter tried, in cell edges
@@ -112,7 +112,7 @@ def _check_image(image, max_pixels: int) -> np.ndarray:
         raise InputError(f"image {arr.shape} is too small to estimate a noise model (needs >= {_MIN_SIDE} px a side)")
     if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
         raise InputError("image contains NaN or Inf")
-    crop = as_real_image(_central_crop(arr, max_pixels))  # float64, only the part that is measured
+    crop = as_real_image(central_crop(arr, max_pixels))  # float64, only the part that is measured
     lo, hi = float(crop.min()), float(crop.max())
     if not hi > lo:
         raise InputError(f"image is constant (every pixel is {lo:g}); there is no noise to measure")
@@ -143,8 +143,9 @@ def _clip_levels(img: np.ndarray) -> list[float]:
     return out
 
 
-def _central_crop(img: np.ndarray, max_pixels: int) -> np.ndarray:
-    """Deterministic central crop of at most ``max_pixels`` pixels with about the image's aspect ratio."""
+def central_crop(img: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Deterministic central crop (a view) of at most ``max_pixels`` pixels with about the image's aspect ratio:
+    the part of an image :func:`estimate_noise` measures with that ``max_pixels``."""
     h, w = img.shape
     if h * w <= max_pixels:
         return img
@@ -355,7 +356,7 @@ def _choose_envelope(img: np.ndarray, harm: _Harmonics | None, cell: float
     h, w = img.shape
     if harm is None:
         return min(_ENVELOPES[-1] * cell, max(h, w) / 6.0), None, None
-    sub = _central_crop(img, 512 * 512)
+    sub = central_crop(img, 512 * 512)
     sh, sw = sub.shape
     m = int(min(math.ceil(2.0 * _ENVELOPES[-1] * cell), min(sh, sw) // 6))
     best, best_err = None, math.inf

@@ -48,9 +48,17 @@ whole images.
 ``DATA/trainA``, ``DATA/trainB``, ``DATA/testA``: float32 single-channel TIFFs of ``patch_px`` squared;
 ``DATA/manifest.json``: global ``patch_px``, ``atoms_per_patch``, ``period_px`` (model space), the config, the
 synthetic's lattice, one record per micrograph (split, normalisation, lattice, scale, rotation, dent fit,
-intensity match) and one per patch (file, domain, source, position and window in source pixels, scale, period,
-angle; for B the plane origin, rotation and dent target/position); ``DATA/preview.png``: an 8-bit picture for
+intensity match, noise model) and one per patch (file, domain, source, position and window in source pixels, scale,
+period, angle; for B the plane origin, rotation and dent target/position); ``DATA/preview.png``: an 8-bit picture for
 people only (A patches, B patches, and the most dented micrograph with its mask and a dented target).
+
+**Noise model.** Every micrograph's detector noise is estimated (:func:`data_prep.noise_model.estimate_noise`, on
+the raw micrograph at its measured period; large micrographs on a central crop of ``noise_max_pixels``) and stored
+in its manifest record as ``noise``: ``raw`` (the estimate in the micrograph's own units), ``normalised`` (the
+same model in the units of its patches: ``gain``, ``read_noise`` and ``row_offset`` divided by ``hi - lo``,
+``offset`` mapped like a pixel, ``dose`` and the correlations unchanged, plus ``reliable``), the native
+``period_px`` and the model ``scale``. Training draws its noise around these (:mod:`cyclegan.pairs`). A
+micrograph whose noise cannot be estimated gets ``"noise": null`` and a warning.
 
 Limits: the synthetic and the micrographs must be measured as the same lattice. A two-sublattice cell
 (perovskite) can be reported either as its cell or as the finer lattice of the two sublattices; if a micrograph
@@ -81,6 +89,7 @@ from common.resample import resample_image
 from data_prep import dents as _dents
 from data_prep.io import list_micrographs, read_micrograph, validate_image
 from data_prep.lattice import LatticeInfo, lattice_vectors, measure_lattice
+from data_prep.noise_model import NoiseEstimate, central_crop, estimate_noise
 from data_prep.normalize import normalize, robust_range
 
 __all__ = [
@@ -98,6 +107,7 @@ __all__ = [
     "lattice_patches",
     "periodic_variance",
     "prepare_dataset",
+    "normalised_noise",
     "MANIFEST_NAME",
 ]
 
@@ -122,8 +132,10 @@ class PrepConfig:
     mask recipe (:func:`data_prep.dents.dent_mask`; window and blur overrides in the model's pixels) and how it
     is applied (``"scale"`` or ``"add"``).
     ``match_intensity``: give B patches each micrograph's level and lattice contrast (see module docstring).
-    ``lo_pct``/``hi_pct``: robust normalisation percentiles. ``seed``: every random choice. ``overwrite``:
-    replace an existing dataset folder. ``preview``: write ``preview.png``. ``progress``: tqdm bar.
+    ``lo_pct``/``hi_pct``: robust normalisation percentiles. ``noise_max_pixels``: the noise model of a micrograph
+    is estimated on a central crop of at most this many pixels (512 x 512 by default: under a second). ``seed``:
+    every random choice. ``overwrite``: replace an existing dataset folder. ``preview``: write ``preview.png``.
+    ``progress``: tqdm bar.
     """
 
     atoms: int = 5
@@ -142,6 +154,7 @@ class PrepConfig:
     match_intensity: bool = True
     lo_pct: float = 0.5
     hi_pct: float = 99.5
+    noise_max_pixels: int = 1 << 18
     seed: int = 0
     overwrite: bool = False
     preview: bool = True
@@ -152,7 +165,7 @@ class PrepConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for any value that cannot work."""
-        for name in ("atoms", "patch_px", "per_image", "dents", "seed"):
+        for name in ("atoms", "patch_px", "per_image", "dents", "seed", "noise_max_pixels"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ConfigError(f"{name} must be an integer, got {v!r}")
@@ -171,6 +184,8 @@ class PrepConfig:
             raise ConfigError(f"dents must be >= 0, got {self.dents}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.noise_max_pixels < 48 * 48:
+            raise ConfigError(f"noise_max_pixels must be >= {48 * 48}, got {self.noise_max_pixels}")
         if not isinstance(self.test_frac, (int, float)) or not 0.0 <= float(self.test_frac) < 1.0:
             raise ConfigError(f"test_frac must be in [0, 1), got {self.test_frac!r}")
         self.angle = parse_angle(self.angle)
@@ -987,6 +1002,7 @@ def prepare_dataset(
             img, meta = read_micrograph(path)
             lo, hi = robust_range(img, cfg.lo_pct, cfg.hi_pct)
             x = normalize(img, lo, hi)
+            noise_src = np.array(central_crop(img, cfg.noise_max_pixels))  # a copy: the micrograph goes now
             del img
             try:
                 info = measure_lattice(x)
@@ -1007,7 +1023,9 @@ def prepare_dataset(
                 "pixel_size": meta.pixel_size, "unit": meta.unit, "norm": {"lo": lo, "hi": hi},
                 "lattice": info.to_dict(), "scale": list(scale), "model_shape": list(model.shape),
                 "n_patches_A": len(a),
+                "noise": _noise_record(noise_src, info.period_px, lo, hi, scale, str(path), warnings),
             }
+            del noise_src
             for name, pos in zip(a_names, a_pos):
                 patch_records.append({
                     "file": f"{folder}/{name}", "domain": "A", "split": split, "source": str(path),
@@ -1084,6 +1102,30 @@ def prepare_dataset(
         "warnings": warnings,
         "elapsed_s": elapsed,
     }
+
+
+def normalised_noise(est: NoiseEstimate, lo: float, hi: float) -> dict:
+    """A noise estimate in raw micrograph units turned into the units of its normalised patches
+    (``(raw - lo) / (hi - lo)``): gain, read noise and row offsets scale by ``1 / (hi - lo)``, the offset maps like a
+    pixel value, the dose (counts) and the correlations do not change."""
+    span = float(hi) - float(lo)
+    return {"gain": est.gain / span, "offset": (est.offset - float(lo)) / span, "read_noise": est.read_noise / span,
+            "row_offset": est.row_offset / span, "corr_row": est.corr_row, "corr_col": est.corr_col,
+            "dose": est.dose, "reliable": bool(est.reliable)}
+
+
+def _noise_record(image: np.ndarray, period_px: float, lo: float, hi: float, scale: tuple[float, float],
+                  source: str, warnings: list[str]) -> dict | None:
+    """The manifest's ``noise`` entry of one micrograph (module docstring), or None with a warning."""
+    try:
+        est = estimate_noise(image, period_px, max_pixels=max(image.size, 48 * 48))
+    except InputError as exc:
+        warnings.append(f"{source}: noise model not estimated ({str(exc).splitlines()[0]})")
+        return None
+    if not est.reliable:
+        warnings.append(f"{source}: noise model uncertain ({est.notes})")
+    return {"normalised": normalised_noise(est, lo, hi), "raw": est.to_dict(), "period_px": float(period_px),
+            "scale": [float(v) for v in scale]}
 
 
 def _json_default(o: Any) -> Any:

@@ -135,7 +135,7 @@ def test_sigkill_of_the_training_script_then_resume(data, reference, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     cmd = [sys.executable, str(ROOT / "scripts" / "train_cyclegan.py"), "--data", str(data), "--out", str(run),
-           "--config", str(cfg_path), "--no-progress"]
+           "--config", str(cfg_path), "--profile", "classic", "--no-progress"]  # CFG lies over TrainConfig()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = run / "log.jsonl"
     deadline = time.monotonic() + 120

@@ -214,6 +214,50 @@ def test_b_patches_get_the_micrographs_level_and_contrast(tmp_path, square_synth
     assert float(a.std()) > 1.1 * float(b.std())  # A is noisy, B clean at the same contrast
 
 
+def test_manifest_holds_each_micrographs_noise_model(tmp_path, square_synthetic):
+    """The estimated noise model goes into the manifest in raw and in normalised units, with the native period."""
+    sims = [simulate(shape=(320, 320), period_px=10.0, angle_deg=20.0, dose=12.0, gain=3.0, dents=0, seed=6),
+            simulate(shape=(320, 320), period_px=14.0, angle_deg=61.0, dose=40.0, gain=1.0, noise_corr_row=0.3,
+                     noise_corr_col=-0.1, dents=0, seed=7)]
+    for k, r in enumerate(sims):
+        write_micrograph(tmp_path / f"m{k}.tif", r.noisy + 200.0 * k, dtype="float32")  # and a detector offset
+    cfg = PrepConfig(per_image=4, test_frac=0.0, dents=0, progress=False, preview=False)
+    prepare_dataset([tmp_path / "m0.tif", tmp_path / "m1.tif"], square_synthetic, tmp_path / "data", cfg)
+    man = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    for k, (m, r) in enumerate(zip(man["micrographs"], sims)):
+        noise, gain = m["noise"], float(r.params["gain"])
+        true_dose = float(np.percentile(r.truth, 99.5)) / gain  # counts at a column peak, as the estimator means it
+        assert noise["raw"]["reliable"] and noise["normalised"]["reliable"]
+        assert noise["normalised"]["dose"] == pytest.approx(true_dose, rel=0.15)
+        assert noise["raw"]["gain"] == pytest.approx(gain, rel=0.15)
+        assert noise["raw"]["offset"] == pytest.approx(200.0 * k, abs=0.1 * gain * true_dose)
+        span = m["norm"]["hi"] - m["norm"]["lo"]
+        n = noise["normalised"]
+        assert n["gain"] == pytest.approx(noise["raw"]["gain"] / span)
+        assert n["read_noise"] == pytest.approx(noise["raw"]["read_noise"] / span)
+        assert n["row_offset"] == pytest.approx(noise["raw"]["row_offset"] / span)
+        assert n["offset"] == pytest.approx((noise["raw"]["offset"] - m["norm"]["lo"]) / span)
+        assert n["corr_row"] == noise["raw"]["corr_row"] and n["corr_col"] == noise["raw"]["corr_col"]
+        assert noise["period_px"] == pytest.approx(m["lattice"]["period_px"]) and noise["scale"] == m["scale"]
+    assert abs(man["micrographs"][1]["noise"]["normalised"]["corr_row"] - 0.3) < 0.05
+
+
+def test_a_micrograph_without_a_noise_model_gets_null_and_a_warning(tmp_path, square_synthetic, monkeypatch):
+    import data_prep.patches as patches
+
+    def refuse(*args, **kwargs):
+        raise InputError("too few usable pixels to estimate a noise model")
+
+    monkeypatch.setattr(patches, "estimate_noise", refuse)
+    r = simulate(shape=(256, 256), period_px=10.0, dose=20.0, dents=0, seed=8)
+    write_micrograph(tmp_path / "m.tif", r.noisy, dtype="float32")
+    cfg = PrepConfig(per_image=4, test_frac=0.0, dents=0, progress=False, preview=False)
+    summary = prepare_dataset([tmp_path / "m.tif"], square_synthetic, tmp_path / "data", cfg)
+    man = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert man["micrographs"][0]["noise"] is None and man["counts"]["trainA"] == 4
+    assert [w for w in summary["warnings"] if "noise model not estimated" in w and "\n" not in w]
+
+
 def test_config_validation():
     with pytest.raises(ConfigError):
         PrepConfig(atoms=0)
@@ -225,5 +269,7 @@ def test_config_validation():
         PrepConfig(angle="sideways")
     with pytest.raises(ConfigError):
         PrepConfig(per_image=2.5)
+    with pytest.raises(ConfigError, match="noise_max_pixels"):
+        PrepConfig(noise_max_pixels=100)
     assert PrepConfig(angle="90").angle == 90.0
     assert PrepConfig().model_period_px == pytest.approx(12.8)
