@@ -163,14 +163,14 @@ def profile_config(name: str = "default") -> TrainConfig:
     if name == "default":
         return TrainConfig(
             objective="stochastic", clean_source="trainB", steps=3000, batch_size=16, crop_px=64, lr=5e-4,
-            beta1=0.9, decay_start=0.5, num_workers=0, log_every=10, image_every=250, checkpoint_every=250, period_px=12.8, patch_px=64,
-            atoms_per_patch=5.0, generator=GeneratorConfig(width=16, n_blocks=6, n_down=2),
+            beta1=0.9, decay_start=0.5, num_workers=0, log_every=10, image_every=250, checkpoint_every=250,
+            generator=GeneratorConfig(width=16, n_blocks=6, n_down=2),
         )
     if name == "quick":
         return TrainConfig(
-            objective="stochastic", clean_source="trainB", steps=300, batch_size=8, crop_px=48, lr=5e-4, beta1=0.9, decay_start=0.5,
-            num_workers=0, log_every=10, image_every=100, checkpoint_every=100, period_px=12.8, patch_px=64,
-            atoms_per_patch=5.0, bank_size=80,
+            objective="stochastic", clean_source="trainB", steps=300, batch_size=8, crop_px=48, lr=5e-4,
+            beta1=0.9, decay_start=0.5, num_workers=0, log_every=10, image_every=100, checkpoint_every=100,
+            bank_size=80,
             generator=GeneratorConfig(width=8, n_blocks=3, n_down=2),
             discriminator=DiscriminatorConfig(width=16, n_layers=2),
         )

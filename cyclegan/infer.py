@@ -23,12 +23,14 @@ resident memory of 1.1 GiB, 0.6 GiB of it torch and the model at start-up; scrip
 
 Tile geometry (model pixels). The generator's receptive field is measured (gradient of one output pixel with
 respect to the input of a positive-weight copy; it reproduces :func:`cyclegan.models.generator_receptive_field`):
-for the default generator it is 67 px, a radius of 33 px. Inner tile edges get zero blending weight over
-``margin`` = that radius rounded up to the generator's stride (34 px), so every output pixel comes from a tile
+for the default generator it is 131 px, a radius of 65 px (67 px / 33 px for the classic profile's). Inner tile
+edges get zero blending weight over ``margin`` = that radius rounded up to the generator's stride (68 px), so
+every output pixel comes from a tile
 that saw its whole neighbourhood and the tiled result equals the whole-image result to float rounding (measured:
 PSNR > 150 dB between them). Where tiles overlap they therefore agree; an 8 px sin^2 ramp between the two margins
-only hides rounding differences (bf16): ``overlap = 2 * margin + 8`` = 76 px for the default generator.
-Tiles are 512 px: the overlap then costs (512 / 436)^2 = 1.38x extra compute, against 2.0x for 256 px tiles;
+only hides rounding differences (bf16): ``overlap = 2 * margin + 8`` = 144 px for the default generator.
+Tiles are 512 px: the overlap then costs (512 / 368)^2 = 1.94x extra compute for the default generator (1.38x
+for the classic one's 76 px overlap);
 on the CPU one tile per batch is fastest (a second 512 px tile only adds cache misses; ~0.3 GiB of activations),
 on CUDA 16. Images smaller than a tile get one smaller tile instead of padding. Numbers: scripts/bench_infer.py.
 """
@@ -183,7 +185,7 @@ def measure_receptive_field(generator: nn.Module, *, start: int = 96, limit: int
     identity-initialised head does not hide the body): the gradient of the centre output pixel with respect to the
     input is non-zero exactly where the architecture connects. The probe grows until that region stops short of
     its border. Exact for networks of convolutions, resizes and pointwise activations (e.g. 33 px for the default
-    generator, whose theoretical receptive field is 67 px).
+    generator, whose theoretical receptive field is 131 px).
     """
     probe = copy.deepcopy(generator).to(device="cpu", dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(0)

@@ -584,6 +584,14 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
         # a discriminator that judges the noise needs the micrographs' scan rows kept as rows
         dataset = UnpairedPatches(data_dir / "trainA", data_dir / "trainB", crop_px=cfg.crop_px,
                                   scan_aligned_a=_refines(cfg, estimates))
+    noise_note = None  # said once every check on the run folder has passed
+    if data_dir is not None and stochastic and cfg.clean_source == "trainB":
+        if estimates:
+            doses = sorted(e.peak_dose for e in estimates)
+            noise_note = (f"noise drawn around the estimates of {len(estimates)} micrograph(s) (dose "
+                          f"{doses[0]:.3g}-{doses[-1]:.3g} counts at a column peak)")
+        elif cfg.noise_source == "auto":
+            noise_note = "no noise estimates in the data folder's manifest: noise drawn from the config's ranges"
 
     # Run folder and checkpoint to resume from.
     ckpt_path = _find_checkpoint(out_dir) if out_dir.is_dir() else None
@@ -651,6 +659,8 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
                                (json.dumps(config_to_dict(cfg), indent=2) + "\n").encode("utf-8"))
         except OSError as exc:
             raise InputError(f"cannot write {out_dir / 'config.json'}: {exc.strerror or exc}") from None
+    if noise_note:
+        _say(noise_note, ctx)
     own_dashboard = dashboard is None and ctx.is_main
     if own_dashboard:
         dashboard = _open_dashboard(cfg, out_dir, ctx)
@@ -782,11 +792,7 @@ def _noise_estimates(cfg: TrainConfig, data_dir: Path, ctx: DistContext) -> list
         if cfg.noise_source == "estimated":
             raise ConfigError(f"noise_source 'estimated' needs noise estimates in {data_dir / 'manifest.json'}; "
                               f"prepare the data again with scripts/prepare_data.py or use noise_source 'ranges'")
-        _say("no noise estimates in the data folder's manifest: noise drawn from the config's ranges", ctx)
         return None
-    doses = sorted(e.peak_dose for e in estimates)
-    _say(f"noise drawn around the estimates of {len(estimates)} micrograph(s) (dose {doses[0]:.3g}-{doses[-1]:.3g} "
-         f"counts at a column peak)", ctx)
     return estimates
 
 

@@ -525,6 +525,30 @@ def run_case(case: Case, methods: Sequence[Method], *, seed: int = 0, on_method=
     return rows, outputs, matches, skipped, errors
 
 
+def call_method(m: Method, image: np.ndarray, ctx: MethodContext, where: str, skipped: list, errors: list
+                ) -> tuple[np.ndarray | None, float]:
+    """Run one method on one image: (float32 output, seconds), or (None, seconds) after recording why in
+    ``skipped`` (its optional package is missing) or ``errors`` (it raised, or gave a non-finite or wrongly shaped
+    image): one broken method must not sink the others."""
+    t0 = time.perf_counter()
+    try:
+        out = m.fn(image, ctx)
+    except filters.FilterUnavailable as exc:
+        skipped.append(f"{m.name}: {exc}")
+        return None, time.perf_counter() - t0
+    except Exception as exc:
+        errors.append(f"{m.name} on {where}: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        return None, time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    out = np.asarray(out, dtype=np.float32)
+    if out.shape != image.shape or not np.all(np.isfinite(out)):
+        errors.append(f"{m.name} on {where}: output of shape {out.shape} is not a finite image of shape "
+                      f"{image.shape}")
+        return None, elapsed
+    return out, elapsed
+
+
 def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, rows: list, outputs: dict,
              matches: dict, skipped: list, errors: list) -> None:
     """Run one method on one case, score it, and append to the lists/dicts of :func:`run_case`."""
@@ -539,21 +563,8 @@ def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, r
         return
     ctx = MethodContext(case.name, period, case.pixel_size_pm, case.dose, case.gain, case.read_sigma, seed,
                         truth=case.truth if m.oracle else None)
-    t0 = time.perf_counter()
-    try:
-        out = m.fn(case.noisy, ctx)
-    except filters.FilterUnavailable as exc:
-        skipped.append(f"{m.name}: {exc}")
-        return
-    except Exception as exc:  # one broken method must not sink the benchmark: record it and go on
-        errors.append(f"{m.name} on {case.name}: {type(exc).__name__}: {exc}")
-        traceback.print_exc(file=sys.stderr)
-        return
-    elapsed = time.perf_counter() - t0
-    out = np.asarray(out, dtype=np.float32)
-    if out.shape != case.shape or not np.all(np.isfinite(out)):
-        errors.append(f"{m.name} on {case.name}: output of shape {out.shape} is not a finite image of shape "
-                      f"{case.shape}")
+    out, elapsed = call_method(m, case.noisy, ctx, case.name, skipped, errors)
+    if out is None:
         return
     match = None
     if case.columns is not None:

@@ -1001,24 +1001,24 @@ def output_paths(out_dir, frames) -> list:
                                                                    for f in frames]
 
 
-def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS, log=print) -> dict:
+def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS, log=print,
+                  period_factor: float = 1.0) -> dict:
     """Run every method on every real frame, score each output with :func:`real_frame_metrics` (the cell geometry
     and column spacing measured once per raw frame) and :func:`check_real_frame`, and write
     ``real_results.csv``, ``real_results.md`` and ``real_<frame>.png`` into ``out_dir``.
 
     Methods get a :class:`evaluation.benchmark.MethodContext` whose ``period_px`` is the frame's column spacing
-    (px) and whose pixel size is the file's. A method that raises is recorded and the others still run; so is a
-    frame without a measurable lattice. Returns ``{"rows", "errors", "skipped", "paths", "frames"}``.
+    (px), whose ``lattice_period_px`` (what the CycleGAN resamples by, as ``denoise.py`` would) is the measured
+    lattice period times ``period_factor``, and whose pixel size is the file's. A method that raises is recorded
+    and the others still run; so is a frame without a measurable lattice. Returns ``{"rows", "errors",
+    "skipped", "paths", "frames"}``.
     """
-    import sys
     import time
-    import traceback
     from pathlib import Path
 
     from common.atomic import make_output_dir
     from data_prep.io import read_micrograph
-    from evaluation.benchmark import MethodContext
-    from evaluation.filters import FilterUnavailable
+    from evaluation.benchmark import MethodContext, call_method
 
     out = make_output_dir(out_dir)
     rows, errors, skipped = [], [], list(skipped)
@@ -1052,21 +1052,10 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
         outputs = {}
         frame_rows = []
         for m in methods:
-            ctx = MethodContext(name, float(base["period_px"]), pixel_pm, lattice_period_px=float(lat["period_px"]))
-            t1 = time.perf_counter()
-            try:
-                out_img = np.asarray(m.fn(raw, ctx), dtype=np.float32)
-            except FilterUnavailable as exc:
-                skipped.append(f"{m.name}: {exc}")
-                continue
-            except Exception as exc:  # one broken method must not sink the others: record it and go on
-                errors.append(f"{m.name} on {name}: {type(exc).__name__}: {exc}")
-                traceback.print_exc(file=sys.stderr)
-                continue
-            elapsed = time.perf_counter() - t1
-            if out_img.shape != raw.shape or not np.all(np.isfinite(out_img)):
-                errors.append(f"{m.name} on {name}: output of shape {out_img.shape} is not a finite image of shape "
-                              f"{raw.shape}")
+            ctx = MethodContext(name, float(base["period_px"]), pixel_pm,
+                                lattice_period_px=float(lat["period_px"]) * float(period_factor))
+            out_img, elapsed = call_method(m, raw, ctx, name, skipped, errors)
+            if out_img is None:
                 continue
             met = real_frame_metrics(raw, out_img, lattice=geom, period_px=base["period_px"],
                                      pixel_size_pm=pixel_pm)

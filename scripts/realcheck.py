@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names, default=None,
                    help=f"comma-separated subset of the classical methods: {', '.join(METHOD_NAMES)} (default all)")
     p.add_argument("--device", default=None, help="torch device for the CycleGAN (default: automatic)")
+    p.add_argument("--period-factor", type=float, default=1.0,
+                   help="give the CycleGAN the measured lattice period times this (e.g. 0.5: a finer working "
+                        "scale, as denoise.py --period would; default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p
 
@@ -72,7 +75,9 @@ def main(argv=None) -> int:
     for s in skipped:
         print(f"skipped {s}")
     print(f"{len(frames)} frame(s) x {len(methods)} method(s): {', '.join(m.name for m in methods)}")
-    result = run_realcheck(frames, methods, args.out, skipped=skipped)
+    if not (0.05 <= args.period_factor <= 20):
+        raise InputError(f"--period-factor must be between 0.05 and 20, got {args.period_factor}")
+    result = run_realcheck(frames, methods, args.out, skipped=skipped, period_factor=args.period_factor)
     for key in ("csv", "markdown"):
         print(f"wrote {result['paths'][key]}")
     print(f"wrote {len(result['paths']['figures'])} figure panel(s) in {args.out}")

@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cyclegan.config import config_from_dict, load_config
     from cyclegan.train import train
 
-    cfg = config_from_dict({"clean_source": "synthetic"}, base=load_config(None, "default"))
+    # no data folder, so no manifest: the model's scale is stated here (64 px crops of 5 x 5 periods)
+    cfg = config_from_dict({"clean_source": "synthetic", "period_px": 12.8, "patch_px": 64, "atoms_per_patch": 5.0},
+                           base=load_config(None, "default"))
     cfg = load_config(args.config, steps=args.steps, base=cfg)
     cfg = config_from_dict({"clean_source": "synthetic", "dashboard": {"enabled": False}}, base=cfg)
     out = Path(args.out)

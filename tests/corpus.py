@@ -487,7 +487,7 @@ def tiny_patch_folder(folder: Path, n: int = 4, patch_px: int = 32) -> Path:
 def tiny_train_config() -> dict:
     """Config-file content for a tiny, fast training run."""
     return {
-        "steps": 1, "batch_size": 2, "num_workers": 0, "log_every": 1, "image_every": 1000,
+        "steps": 1, "batch_size": 2, "crop_px": None, "num_workers": 0, "log_every": 1, "image_every": 1000,
         "checkpoint_every": 1, "device": "cpu", "precision": "fp32",
         "generator": dict(TINY_GEN), "discriminator": dict(TINY_DIS), "dashboard": {"enabled": False},
     }
