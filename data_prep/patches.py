@@ -5,7 +5,7 @@ patch, of either domain, holds ``atoms x atoms`` lattice periods in ``patch_px x
 sees one scale, ``model_period_px = patch_px / atoms`` pixels per period (12.8 px by default: 5 x 5 atoms in 64 px).
 
 **Domain A** (:func:`extract_atom_patches`). A micrograph, normalised as a whole, is resampled by
-``model_period_px / period_px`` (its measured period; area averaging when shrinking, bicubic when enlarging), and
+``model_period_px / period_px`` (its measured period; with the inference resampler, common.resample), and
 ``patch_px`` squares are cut at random whole-pixel offsets of the resampled image. The patch's window in the
 source is ``atoms`` periods on a side wherever the micrograph's zoom.
 
