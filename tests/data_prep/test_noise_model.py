@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,7 @@ from common.errors import InputError
 from data_prep.noise_model import NoiseEstimate, estimate_noise
 from data_prep.simulate import simulate
 
-REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real"
-REAL_FRAMES = ("SrTiO3-100_remworkflows.tif", "DyScO3_atomsegnet.tif", "Si110_atomsegnet.tif",
-               "perovskite-interface_scifidatasets.tif")
+from tests.real_frames import REAL_FRAMES, needs_real, read_real  # noqa: E402
 SIZE = 384
 READ = 0.5  # the simulator's default read noise, counts
 
@@ -184,15 +181,10 @@ def test_bad_options_raise_input_error(kwargs):
         estimate_noise(res.noisy, **kwargs)
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason=f"shared real frames not found at {REAL}")
+@needs_real
 @pytest.mark.parametrize("name", REAL_FRAMES)
 def test_real_frames_give_a_sane_noise_model(name):
-    from data_prep.io import read_micrograph
-
-    path = REAL / name
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    image, _ = read_micrograph(path)
+    image, _ = read_real(name)
     est = estimate_noise(image)
     d = est.to_dict()
     assert all(math.isfinite(v) for k, v in d.items() if k not in ("reliable", "notes"))

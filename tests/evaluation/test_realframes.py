@@ -23,9 +23,7 @@ from evaluation.realframes import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-REAL = ROOT.parent / "shared" / "real"
-REAL_FRAMES = ("SrTiO3-100_remworkflows.tif", "DyScO3_atomsegnet.tif", "Si110_atomsegnet.tif",
-               "perovskite-interface_scifidatasets.tif")
+from tests.real_frames import REAL_FRAMES, needs_real, read_real  # noqa: E402
 
 # a perovskite with a weak B sublattice (0.4 of A), a realistic probe (2 px), moderate dose
 PEROVSKITE = dict(lattice="perovskite", shape=(320, 320), period_px=14.0, angle_deg=12.0, b_weight=0.4,
@@ -172,15 +170,10 @@ def test_check_and_metrics_reject_bad_input(perovskite):
 
 # ------------------------------------------------------------------------------------------------ real frames
 
-@pytest.mark.skipif(not REAL.is_dir(), reason=f"shared real frames not found at {REAL}")
+@needs_real
 @pytest.mark.parametrize("name", REAL_FRAMES)
 def test_real_frames_gaussian_1px_keeps_the_cell_and_identity_leaves_no_residual(name):
-    from data_prep.io import read_micrograph
-
-    path = REAL / name
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    raw, meta = read_micrograph(path)
+    raw, meta = read_real(name)
     raw = raw.astype(np.float64)
     geom = cell_average(raw).geometry
     ident = real_frame_metrics(raw, raw.copy(), lattice=geom)
