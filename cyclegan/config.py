@@ -34,6 +34,10 @@ from cyclegan.pairs import NoiseRanges
 
 PROFILES = ("default", "quick", "classic", "classic-quick")
 
+# Laid over a stochastic profile to train on the synthetic scene bank with no data folder (the shipped model, the
+# ablation): with no manifest, the model's scale is stated here (64 px crops of 5 x 5 periods).
+SYNTHETIC_SOURCE = {"clean_source": "synthetic", "period_px": 12.8, "patch_px": 64, "atoms_per_patch": 5.0}
+
 # Fields that may change when a run is resumed; any other difference would break exact resumption.
 RUNTIME_FIELDS = frozenset({"steps", "log_every", "image_every", "checkpoint_every", "keep_previous",
                             "num_workers", "device", "dashboard"})

@@ -95,7 +95,7 @@ def draw_noise(gen: torch.Generator, ranges: NoiseRanges) -> dict:
     """One sample's noise parameters from ``ranges`` (a plain dict: dose, read_noise, corr_row, corr_col,
     row_offset, clean)."""
     clean = torch.rand((), generator=gen).item() < ranges.clean_frac
-    dose = math.exp(_u(gen, math.log(ranges.dose[0]), math.log(ranges.dose[1])))
+    dose = log_uniform(gen, *ranges.dose)
     white = torch.rand((), generator=gen).item() < ranges.white_frac
     cr = 0.0 if white else _u(gen, *ranges.corr_row)
     cc = 0.0 if white else _u(gen, *ranges.corr_col)
@@ -115,17 +115,24 @@ def ma1_coefficient(rho: float) -> float:
     return (1.0 - math.sqrt(1.0 - 4.0 * rho * rho)) / (2.0 * rho)
 
 
+def _ma1_apply(e: torch.Tensor, c, norm, dim: int) -> torch.Tensor:
+    """``(e_t + c * e_{t-1}) / norm`` along ``dim`` (-1 along the rows, -2 down the columns); the first sample is kept."""
+    if dim == -1:
+        return torch.cat([e[..., :1], (e[..., 1:] + c * e[..., :-1]) / norm], dim=-1)
+    return torch.cat([e[..., :1, :], (e[..., 1:, :] + c * e[..., :-1, :]) / norm], dim=-2)
+
+
 def _ma1(e: torch.Tensor, rho: float, dim: int) -> torch.Tensor:
     """Causal MA(1) filter along ``dim`` (-1 rows' fast-scan direction, -2 down the columns) keeping the variance."""
     c = ma1_coefficient(rho)
     if c == 0.0:
         return e
-    out = e.clone()
-    if dim == -1:
-        out[..., 1:] = (e[..., 1:] + c * e[..., :-1]) / math.sqrt(1.0 + c * c)
-    else:
-        out[..., 1:, :] = (e[..., 1:, :] + c * e[..., :-1, :]) / math.sqrt(1.0 + c * c)
-    return out
+    return _ma1_apply(e, c, math.sqrt(1.0 + c * c), dim)
+
+
+def log_uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    """A value drawn log-uniformly from [lo, hi] (both > 0) with ``gen``."""
+    return math.exp(_u(gen, math.log(lo), math.log(hi)))
 
 
 def stem_noise(clean: torch.Tensor, params: dict, gen: torch.Generator) -> torch.Tensor:
@@ -381,10 +388,7 @@ class SoftSample:
 def _ma1_soft(e: torch.Tensor, rho: torch.Tensor, dim: int) -> torch.Tensor:
     """:func:`_ma1` with a differentiable coefficient: ``c = 2 rho / (1 + sqrt(1 - 4 rho^2))`` (no 0/0 at rho = 0)."""
     c = 2.0 * rho / (1.0 + torch.sqrt(1.0 - 4.0 * rho * rho))
-    norm = torch.sqrt(1.0 + c * c)
-    if dim == -1:
-        return torch.cat([e[..., :1], (e[..., 1:] + c * e[..., :-1]) / norm], dim=-1)
-    return torch.cat([e[..., :1, :], (e[..., 1:, :] + c * e[..., :-1, :]) / norm], dim=-2)
+    return _ma1_apply(e, c, torch.sqrt(1.0 + c * c), dim)
 
 
 class NoiseRefiner(nn.Module):

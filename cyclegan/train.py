@@ -807,7 +807,7 @@ def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | Non
     from ``estimates`` (:func:`cyclegan.pairs.draw_estimated_noise`, at the chosen micrograph's own period, with the
     refiner's corrections) or, without them, from ``cfg.noise`` at a native period drawn from ``period_range``."""
     from cyclegan.pairs import (MARGIN_MODEL_PX, SoftSample, SyntheticPairs, draw_estimated_noise, draw_noise,
-                                native_crop, pair_from_crop, resample, step_generator)
+                                log_uniform, native_crop, pair_from_crop, resample, step_generator)
     from cyclegan.synth import SceneBank
 
     crop = int(cfg.crop_px or info.patch_px)
@@ -837,7 +837,7 @@ def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | Non
                 noise, est = draw_estimated_noise(gen, estimates, cfg.noise_spread, cfg.noise.clean_frac)
                 native = est.period_px
             else:
-                native = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand((), generator=gen)))
+                native = log_uniform(gen, lo, hi)
                 noise = draw_noise(gen, cfg.noise)
             if not cfg.scale_in_loop:
                 native = info.period_px

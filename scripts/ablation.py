@@ -49,10 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def base_config(steps: int):
-    from cyclegan.config import config_from_dict, profile_config
+    from cyclegan.config import SYNTHETIC_SOURCE, config_from_dict, profile_config
 
-    return config_from_dict({"clean_source": "synthetic", "period_px": 12.8, "patch_px": 64, "atoms_per_patch": 5.0,
-                             "steps": int(steps), "dashboard": {"enabled": False},
+    return config_from_dict({**SYNTHETIC_SOURCE, "steps": int(steps), "dashboard": {"enabled": False},
                              "checkpoint_every": max(50, int(steps) // 4)}, base=profile_config("quick"))
 
 

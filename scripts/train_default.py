@@ -74,14 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from cyclegan.config import config_from_dict, load_config
+    from cyclegan.config import SYNTHETIC_SOURCE, config_from_dict, load_config
     from cyclegan.train import train
 
-    # no data folder, so no manifest: the model's scale is stated here (64 px crops of 5 x 5 periods)
-    cfg = config_from_dict({"clean_source": "synthetic", "period_px": 12.8, "patch_px": 64, "atoms_per_patch": 5.0},
-                           base=load_config(None, "default"))
+    cfg = config_from_dict(SYNTHETIC_SOURCE, base=load_config(None, "default"))
     cfg = load_config(args.config, steps=args.steps, base=cfg)
-    cfg = config_from_dict({"clean_source": "synthetic", "dashboard": {"enabled": False}}, base=cfg)
+    cfg = config_from_dict({"dashboard": {"enabled": False}}, base=cfg)
     out = Path(args.out)
     t0 = time.time()
     summary = train(cfg, None, out, resume=args.resume, progress=not args.no_progress)
