@@ -13,10 +13,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt constraints-build.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints-build.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools<82" wheel
 	$(PY) -m pip install -q -r requirements-dev.txt
+	PIP_BUILD_CONSTRAINT= PIP_CONSTRAINT= $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

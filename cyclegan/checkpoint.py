@@ -8,12 +8,12 @@ Two kinds of file exist, told apart by their ``"kind"`` entry:
   the atom scale it was trained at (``info["patch_px"]``, ``info["atoms_per_patch"]``, ``info["period_px"]``, the
   lattice period in the model's pixel space); this is what inference loads.
 
-The project ships one generator export, ``models/default.pt`` (see ``models/README.md``); :func:`default_model_path`
+The project ships one generator export, ``stem_denoise/models/default.pt`` (see ``stem_denoise/models/README.md``); :func:`default_model_path`
 finds it (or the file the environment variable ``STEM_DENOISE_MODEL`` names instead).
 
 Every file is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers: a
 crafted pickle that would run code is refused. Every failure (missing, truncated, unsafe, wrong kind, another
-architecture) becomes a :class:`~common.errors.CheckpointError` with one clear line.
+architecture) becomes a :class:`~stem_denoise.common.errors.CheckpointError` with one clear line.
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.atomic import atomic_path
-from common.errors import CheckpointError, ConfigError
+from stem_denoise.common.atomic import atomic_path
+from stem_denoise.common.errors import CheckpointError, ConfigError
 from cyclegan.models import GeneratorConfig, build_generator
 
 DEFAULT_MODEL_ENV = "STEM_DENOISE_MODEL"
-DEFAULT_MODEL_RELPATH = Path("models") / "default.pt"
+DEFAULT_MODEL_RELPATH = Path("stem_denoise") / "models" / "default.pt"
 GENERATOR_KIND = "stem-denoise-generator"
 TRAIN_KIND = "stem-denoise-train-checkpoint"
 FORMAT_VERSION = 1
@@ -87,7 +87,8 @@ def safe_torch_load(path: str | os.PathLike, *, kind: str | None = None, map_loc
 
 
 def default_model_path() -> Path:
-    """Where the shipped generator export lives: ``models/default.pt`` at the repository root, or the file named
+    """Where the shipped generator export lives: ``stem_denoise/models/default.pt`` (package data, so it
+    travels with an installed wheel), or the file named
     by the environment variable ``STEM_DENOISE_MODEL`` when it is set (and not empty). The file may not exist;
     :func:`load_generator` checks."""
     env = os.environ.get(DEFAULT_MODEL_ENV, "").strip()

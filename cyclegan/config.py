@@ -2,7 +2,7 @@
 
 A config file is a JSON object holding any subset of :class:`TrainConfig`'s fields (nested objects for
 ``generator``, ``discriminator`` and ``dashboard``); it is laid over a profile (``default`` or ``quick``). An
-unknown key, a wrong type or a bad value raises :class:`~common.errors.ConfigError` naming the key.
+unknown key, a wrong type or a bad value raises :class:`~stem_denoise.common.errors.ConfigError` naming the key.
 
 Profiles:
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 from cyclegan.models import DiscriminatorConfig, GeneratorConfig
 from cyclegan.pairs import NoiseRanges
 

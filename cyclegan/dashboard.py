@@ -59,8 +59,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from common.atomic import atomic_write_bytes
-from common.errors import InputError
+from stem_denoise.common.atomic import atomic_write_bytes
+from stem_denoise.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

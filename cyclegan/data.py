@@ -35,7 +35,7 @@ import tifffile  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset, Sampler  # noqa: E402
 
-from common.errors import InputError  # noqa: E402
+from stem_denoise.common.errors import InputError  # noqa: E402
 
 PATCH_SUFFIXES = (".tif", ".tiff")
 

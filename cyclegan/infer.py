@@ -15,8 +15,8 @@ resident memory of 1.1 GiB, 0.6 GiB of it torch and the model at start-up; scrip
    resampling happens at all (a CNN does not care about a 2 % zoom; interpolation would blur).
 4. Overlapping tiles of the resampled image go through the generator in batches (``torch.inference_mode``,
    channels_last; bfloat16 autocast where ``precision`` asks for it or "auto" picks it, see
-   :mod:`common.precision`: CUDA with bf16 and CPUs with AMX/AVX512-BF16), optionally averaged over the 8
-   dihedral transforms (``tta``), and are blended with :func:`common.tiling.iter_map_tiles`. The network's
+   :mod:`stem_denoise.common.precision`: CUDA with bf16 and CPUs with AMX/AVX512-BF16), optionally averaged over the 8
+   dihedral transforms (``tta``), and are blended with :func:`stem_denoise.common.tiling.iter_map_tiles`. The network's
    output is float32 whatever the precision.
 5. Finished rows are resampled back to the source grid (same operator, inverse direction), denormalised and
    written (rounded and clipped for integer outputs).
@@ -52,10 +52,10 @@ import torch
 from scipy import sparse
 from torch import nn
 
-from common.errors import InputError
-from common.precision import autocast, describe_precision, resolve_precision
-from common.resample import _Operator, resample_operator
-from common.tiling import TileGrid, iter_map_tiles, release_pages
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.precision import autocast, describe_precision, resolve_precision
+from stem_denoise.common.resample import _Operator, resample_operator
+from stem_denoise.common.tiling import TileGrid, iter_map_tiles, release_pages
 
 __all__ = [
     "TilePlan",
@@ -89,7 +89,7 @@ class Resampler:
     ``Resampler(source, rows_op, cols_op, offset, scale)[r0:r1]`` is
     ``rows_op @ ((source - offset) / scale) @ cols_op.T`` restricted to output rows ``r0:r1``; only the source
     rows those output rows need are read. It has ``.shape`` and 2-D slicing, so
-    :func:`common.tiling.iter_map_tiles` can tile it without the resampled image ever existing in memory.
+    :func:`stem_denoise.common.tiling.iter_map_tiles` can tile it without the resampled image ever existing in memory.
     Source rows above the last strip read are handed back to the OS when ``source`` is a memmap.
     """
 
@@ -268,10 +268,10 @@ _DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 
 def make_tile_fn(generator: nn.Module, device: torch.device, *, tta: bool = False, precision: str | None = "auto",
                  channels_last: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap ``generator`` as a numpy batch function for :func:`common.tiling.map_tiles`.
+    """Wrap ``generator`` as a numpy batch function for :func:`stem_denoise.common.tiling.map_tiles`.
 
     The batch ``(B, h, w)`` float32 (normalised units) goes to ``device`` as ``(B, 1, h, w)`` in the channels_last
-    layout; ``precision`` ("auto", "fp32" or "bf16", see :mod:`common.precision`) decides whether it runs under
+    layout; ``precision`` ("auto", "fp32" or "bf16", see :mod:`stem_denoise.common.precision`) decides whether it runs under
     bfloat16 autocast, on CUDA and on the CPU alike. The result is always float32. ``tta`` averages the outputs
     over the 8 dihedral transforms (rotations by 90 deg and flips), each undone before averaging. The function's
     ``precision`` attribute says what "auto" resolved to ("bf16" or "fp32").
@@ -370,7 +370,7 @@ def denoise_array(
     period in its own px (measured when None). Returns ``out`` (default a new float32 (H, W) array; an integer
     ``out`` gets rounded, clipped values). ``whole=True`` runs the network once on the whole resampled image
     instead of tiles (reference for the tiled result; needs the whole image in memory). ``precision`` ("auto",
-    "fp32", "bf16"; see :mod:`common.precision`) is the network's arithmetic; the result is float32 either way.
+    "fp32", "bf16"; see :mod:`stem_denoise.common.precision`) is the network's arithmetic; the result is float32 either way.
     ``stats`` (a dict) is filled with the scale, tile plan, intensity range and precision ("fp32"/"bf16") used.
     """
     shape = tuple(getattr(image, "shape", ()))

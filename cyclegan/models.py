@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 
 _UPSAMPLE = ("bilinear", "nearest")
 _PADDING = ("reflect", "zeros")

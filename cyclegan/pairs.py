@@ -68,7 +68,7 @@ class NoiseRanges:
     clean_frac: float = 0.05
 
     def validate(self) -> None:
-        from common.errors import ConfigError
+        from stem_denoise.common.errors import ConfigError
 
         for name in ("dose", "read_noise", "corr_row", "corr_col", "row_offset"):
             lo, hi = getattr(self, name)

@@ -57,9 +57,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from common.atomic import atomic_write_bytes
-from common.errors import CheckpointError, ConfigError, InputError
-from common.precision import resolve_precision
+from stem_denoise.common.atomic import atomic_write_bytes
+from stem_denoise.common.errors import CheckpointError, ConfigError, InputError
+from stem_denoise.common.precision import resolve_precision
 from cyclegan import losses
 from cyclegan.checkpoint import (FORMAT_VERSION, TRAIN_KIND, CheckpointWriteError, export_generator,
                                  safe_torch_load, save_checkpoint)
@@ -130,7 +130,7 @@ def precision_for(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype |
     """(autocast dtype or None for float32, use GradScaler).
 
     "auto": bf16 on CUDA (fp16 + GradScaler where bf16 is missing) and on CPUs with native bf16 instructions
-    (:func:`common.precision.cpu_has_native_bf16`), float32 on other CPUs; "bf16" forces bf16 anywhere.
+    (:func:`stem_denoise.common.precision.cpu_has_native_bf16`), float32 on other CPUs; "bf16" forces bf16 anywhere.
     """
     p = cfg.precision
     if device.type != "cuda":
@@ -545,7 +545,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | None, out_dir: str | o
     ``resume=True`` continues from ``out_dir/last.pt`` (or ``previous.pt``; a fresh start if neither exists);
     without it, a folder that already holds a checkpoint is refused. ``dashboard``: an object with
     ``scalars(step, dict)``/``images(step, dict)`` (default: a :class:`cyclegan.dashboard.Dashboard` on
-    ``out_dir/log.jsonl``). ``init``: a generator export (e.g. the shipped ``models/default.pt``) whose weights
+    ``out_dir/log.jsonl``). ``init``: a generator export (e.g. the shipped ``stem_denoise/models/default.pt``) whose weights
     start G in a fresh run (fine-tuning); its architecture must equal ``cfg.generator``. Returns a summary dict (final step, last losses, images/s, paths, weight digests).
     Raises ConfigError/CheckpointError/InputError for problems the user can fix and TrainingDiverged when a loss
     is not finite.

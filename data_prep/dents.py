@@ -65,8 +65,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from common.arrays import as_real_image
-from common.errors import InputError
+from stem_denoise.common.arrays import as_real_image
+from stem_denoise.common.errors import InputError
 
 __all__ = [
     "DENT_METHODS",

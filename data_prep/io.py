@@ -8,7 +8,7 @@ and in the ImageJ metadata so that Fiji shows it, atomically and never over an e
 
 Every problem a user can fix (a missing, empty, truncated or foreign file, an RGB image or a stack
 without a choice, NaN or constant pixels, a header that declares more pixels than the file holds) raises
-:class:`common.errors.InputError` with one line that names the file.
+:class:`stem_denoise.common.errors.InputError` with one line that names the file.
 
 Large micrographs (a 16384 x 16384 float32 image is 1 GiB) are handled without holding them twice:
 
@@ -54,8 +54,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from common.atomic import atomic_path
-from common.errors import InputError
+from stem_denoise.common.atomic import atomic_path
+from stem_denoise.common.errors import InputError
 
 __all__ = [
     "MICROGRAPH_SUFFIXES",

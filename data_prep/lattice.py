@@ -35,7 +35,7 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 
 __all__ = ["LatticeInfo", "measure_lattice", "lattice_vectors", "fold_angle", "angle_difference"]
 

@@ -46,8 +46,8 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
-from common.arrays import as_real_image
-from common.errors import InputError
+from stem_denoise.common.arrays import as_real_image
+from stem_denoise.common.errors import InputError
 
 __all__ = ["NoiseEstimate", "central_crop", "estimate_noise"]
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.io import release_memmap_pages
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "sample_pixels", "robust_range", "normalize", "denormalize"]

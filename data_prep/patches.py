@@ -84,8 +84,8 @@ import tifffile
 from scipy import ndimage, optimize
 from tqdm.auto import tqdm
 
-from common.errors import ConfigError, InputError
-from common.resample import resample_image
+from stem_denoise.common.errors import ConfigError, InputError
+from stem_denoise.common.resample import resample_image
 from data_prep import dents as _dents
 from data_prep.io import list_micrographs, read_micrograph, validate_image
 from data_prep.lattice import LatticeInfo, lattice_vectors, measure_lattice
@@ -582,7 +582,7 @@ def to_model_scale(
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Resample an image so its lattice period becomes ``model_period_px``; return (float32 image, (sy, sx)).
 
-    Uses the project's one resampler (:func:`common.resample.resample_operator`: Keys cubic, antialiased when
+    Uses the project's one resampler (:func:`stem_denoise.common.resample.resample_operator`: Keys cubic, antialiased when
     shrinking), the same that inference uses, so training patches carry the interpolated noise the model meets at
     inference. The output size is the input size times ``model_period_px / period_px``, rounded; ``(sy, sx)`` are
     the exact per-axis factors (output px per input px) that rounding leaves. Pixel edges map to pixel edges.

@@ -34,8 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.atomic import atomic_write_bytes
-from common.errors import ConfigError, InputError
+from stem_denoise.common.atomic import atomic_write_bytes
+from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
 
 __all__ = [

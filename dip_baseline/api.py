@@ -7,7 +7,7 @@ returns it in the input's dtype (integers rounded and clipped to the type's rang
 
 Any size works: the network's canvas is padded to its multiple internally and cropped back, so no border pixel
 is lost. Micrographs larger than ``tile`` x ``tile`` px (denoising and inpainting) run tile by tile through
-:func:`common.tiling.map_tiles` (one tile at a time, overlapping tiles blended smoothly), each tile being its
+:func:`stem_denoise.common.tiling.map_tiles` (one tile at a time, overlapping tiles blended smoothly), each tile being its
 own DIP fit on the same whole-image normalisation; for inpainting the missing pixels travel through the tiler
 as NaN and become each tile's mask. Super-resolution always runs on the whole image.
 """
@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from common.errors import InputError
-from common.precision import describe_precision
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.precision import describe_precision
 from data_prep.io import validate_image
 from data_prep.normalize import denormalize, normalize, robust_range
 from dip_baseline.net import SkipNetConfig
@@ -206,7 +206,7 @@ def _run_tiled(x: np.ndarray, known: np.ndarray | None, net_cfg: SkipNetConfig, 
                seed: int, dev, progress: bool, tile: int, overlap: int, precision: str | None = "auto"
                ) -> tuple[np.ndarray, list[dict]]:
     """DIP on overlapping tiles of a normalised image; missing pixels (inpainting) travel as NaN."""
-    from common.tiling import map_tiles
+    from stem_denoise.common.tiling import map_tiles
 
     src = x.copy()
     if known is not None:

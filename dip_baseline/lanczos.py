@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 
 
 def lanczos_kernel_1d(scale: int, support: int = 3) -> np.ndarray:

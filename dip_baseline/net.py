@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 
 ACTIVATIONS = ("leaky_relu", "relu", "swish", "mish")
 DOWNSAMPLES = ("stride", "avg", "max")

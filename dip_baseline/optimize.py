@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from common.errors import InputError
-from common.precision import describe_precision, resolve_precision
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.precision import describe_precision, resolve_precision
 from dip_baseline.lanczos import LanczosDownsampler
 from dip_baseline.net import SkipNetConfig, build_skipnet, count_parameters
 from dip_baseline.presets import DipSettings
@@ -82,7 +82,7 @@ def dip_precision(precision: str | None, device: torch.device, settings: DipSett
                   ) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype, None for float32; whether float16 loss scaling is on) for ``precision`` on ``device``.
 
-    As :func:`common.precision.resolve_precision`, except that "auto" on a CUDA device without bf16 keeps the
+    As :func:`stem_denoise.common.precision.resolve_precision`, except that "auto" on a CUDA device without bf16 keeps the
     float16 (+ loss scaling) the DIP has always used there, and that ``settings.amp = False`` turns "auto" into
     float32 (an explicit "bf16" still wins). InputError for an unknown name or bf16 on a GPU without it.
     """

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 from dip_baseline.net import SkipNetConfig
 from dip_baseline.stopping import AUTO_RULES, STOP_RULES, HoldoutConfig, WMVConfig
 

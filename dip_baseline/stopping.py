@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 
 STOP_RULES = ("auto", "fixed", "oracle")
 AUTO_RULES = ("wmv", "holdout")

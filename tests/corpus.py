@@ -2,14 +2,14 @@
 
 Every builder writes into a folder the caller gives (a pytest ``tmp_path``) and returns the path it made, so a
 test never touches anything outside its own temporary folder. Scripts are run either in-process (their
-``main(argv)`` through :func:`common.cli.run_main`, exactly what ``python scripts/x.py`` does, at no start-up
+``main(argv)`` through :func:`stem_denoise.common.cli.run_main`, exactly what ``python scripts/x.py`` does, at no start-up
 cost) or as real subprocesses (to prove that no traceback reaches the terminal).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
+import importlib
 import io
 import os
 import pickle
@@ -54,7 +54,6 @@ class Result:
         return text
 
 
-_SCRIPT_CACHE: dict[str, ModuleType] = {}
 
 
 def script_path(name: str) -> Path:
@@ -63,15 +62,9 @@ def script_path(name: str) -> Path:
 
 def load_script(name: str) -> ModuleType:
     """Import ``scripts/<name>.py`` as a module (scripts are not a package), once per test session."""
-    path = script_path(name)
-    key = f"{name}:{path.stat().st_mtime_ns}"
-    mod = _SCRIPT_CACHE.get(key)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(f"_corpus_script_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _SCRIPT_CACHE[key] = mod
-    return mod
+    if not script_path(name).is_file():
+        raise FileNotFoundError(script_path(name))
+    return importlib.import_module(f"stem_denoise.commands.{name}")
 
 
 def run_inprocess(name: str, argv: Sequence[str], capsys=None) -> Result:
@@ -87,7 +80,7 @@ def run_inprocess(name: str, argv: Sequence[str], capsys=None) -> Result:
 
 def _run_captured(name: str, argv: Sequence[str]) -> Result:
     """``run_main(main, argv)`` of ``scripts/<name>.py`` with stdout/stderr captured in memory (no pytest)."""
-    from common.cli import run_main
+    from stem_denoise.common.cli import run_main
 
     mod = load_script(name)
     out, err = io.StringIO(), io.StringIO()
@@ -148,7 +141,7 @@ def assert_clean_failure(res: Result, *, code: int = 2, match: str | Iterable[st
     """Assert a run failed the way a user should see it; return its error line.
 
     Exit status ``code``; no traceback; stderr holds exactly one line that says what is wrong (``error: ...``
-    from :func:`common.cli.fail`, or argparse's ``prog: error: ...``). With ``usage_ok`` (argparse usage errors)
+    from :func:`stem_denoise.common.cli.fail`, or argparse's ``prog: error: ...``). With ``usage_ok`` (argparse usage errors)
     the error line may follow argparse's usage block. ``match``: text(s) of which at least one must appear in
     the error line (case-insensitive).
     """

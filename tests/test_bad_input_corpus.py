@@ -1,7 +1,7 @@
 """A corpus of bad inputs across the command-line scripts.
 
 Every case builds its bad input in ``tmp_path`` (helpers in ``tests/corpus.py``), runs a script the way
-``python scripts/<name>.py`` does (``main(argv)`` through ``common.cli.run_main``, in this process, so torch is
+``python scripts/<name>.py`` does (``main(argv)`` through ``stem_denoise.common.cli.run_main``, in this process, so torch is
 imported once), and checks what a user would see: exit status 2, exactly one clear line on stderr naming the
 problem, no traceback, no partial output, and no existing file touched. argparse rejects some values itself:
 those cases accept argparse's usage block followed by its one ``error:`` line.

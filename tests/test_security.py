@@ -24,7 +24,7 @@ import torch
 
 from tests import corpus as C
 
-PACKAGES = ("common", "data_prep", "cyclegan", "dip_baseline", "evaluation", "scripts")
+PACKAGES = ("stem_denoise", "data_prep", "cyclegan", "dip_baseline", "scripts")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -249,7 +249,7 @@ def test_architecture_is_checked_before_weights_are_loaded(tmp_path, run_dir, ca
 
 @pytest.mark.parametrize("change", ["unknown_key", "wrong_type", "missing_info"])
 def test_generator_export_with_bad_architecture_record_is_refused(tmp_path, run_dir, change):
-    from common.errors import CheckpointError
+    from stem_denoise.common.errors import CheckpointError
     from cyclegan.checkpoint import load_generator
 
     obj = torch.load(run_dir / "generator.pt", map_location="cpu", weights_only=True)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from common.tiling import map_tiles
+from stem_denoise.common.tiling import map_tiles
 
 DTYPES = ["uint8", "uint16", "int16", "int32", "float32", "float64"]
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from common.arrays import as_real_image
-from common.errors import InputError
+from stem_denoise.common.arrays import as_real_image
+from stem_denoise.common.errors import InputError
 
 
 def test_returns_float64_without_copy_when_possible():

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import common.atomic as atomic
-from common.atomic import atomic_path, atomic_write_bytes, atomic_write_with
-from common.errors import InputError
+import stem_denoise.common.atomic as atomic
+from stem_denoise.common.atomic import atomic_path, atomic_write_bytes, atomic_write_with
+from stem_denoise.common.errors import InputError
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import fail, run_main
-from common.errors import CheckpointError, ConfigError, InputError
+from stem_denoise.common.cli import fail, run_main
+from stem_denoise.common.errors import CheckpointError, ConfigError, InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     import sys
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    from common.cli import run_main
+    from stem_denoise.common.cli import run_main
     from data_prep.io import read_micrograph
 
     def main(argv=None):
@@ -110,7 +110,7 @@ def test_fail_prints_one_line(capsys):
 
 
 def test_argument_parser_usage_error_is_one_line(capsys):
-    from common.cli import ArgumentParser
+    from stem_denoise.common.cli import ArgumentParser
 
     ap = ArgumentParser(prog="tool.py")
     ap.add_argument("--n", type=int, required=True)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.columns import find_columns, match_columns
-from common.errors import InputError
+from stem_denoise.common.columns import find_columns, match_columns
+from stem_denoise.common.errors import InputError
 
 
 def render_lattice(shape=(160, 160), period=12.8, angle=17.0, sigma=1.6, kind="square", offset=(0.31, 0.17),

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from common.errors import InputError
-from common.tiling import TileGrid, iter_map_tiles, map_tiles, reflect_index, release_pages
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.tiling import TileGrid, iter_map_tiles, map_tiles, reflect_index, release_pages
 
 
 def identity(batch):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.errors import CheckpointError
+from stem_denoise.common.errors import CheckpointError
 from cyclegan.checkpoint import (GENERATOR_KIND, TRAIN_KIND, export_generator, load_generator, safe_torch_load,
                                  save_checkpoint)
 from cyclegan.models import GeneratorConfig, build_generator
@@ -132,8 +132,8 @@ def test_default_model_path_is_the_repository_file_unless_the_environment_names_
 
     root = Path(__file__).resolve().parents[2]
     monkeypatch.delenv("STEM_DENOISE_MODEL", raising=False)
-    assert default_model_path() == root / "models" / "default.pt"
+    assert default_model_path() == root / "stem_denoise" / "models" / "default.pt"
     monkeypatch.setenv("STEM_DENOISE_MODEL", "  ")  # blank counts as unset
-    assert default_model_path() == root / "models" / "default.pt"
+    assert default_model_path() == root / "stem_denoise" / "models" / "default.pt"
     monkeypatch.setenv("STEM_DENOISE_MODEL", str(tmp_path / "mine.pt"))
     assert default_model_path() == tmp_path / "mine.pt"

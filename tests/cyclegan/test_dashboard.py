@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from cyclegan.dashboard import (
     FRONTEND_ASSETS,
     IMAGE_WINDOW,
@@ -58,11 +58,15 @@ def _offline_env() -> dict[str, str]:
     return env
 
 
-def _start_server(folder: Path, port: int, script: Path = SCRIPT) -> subprocess.Popen:
+def _start_server(folder: Path, port: int, script: Path = SCRIPT, pythonpath: Path | None = None) -> subprocess.Popen:
+    """``pythonpath``: a source tree imported before the installed (editable) packages."""
     out = open(folder / "server.log", "w")
+    env = _offline_env()
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     proc = subprocess.Popen(
         [sys.executable, str(script), "--port", str(port), "--env-path", str(folder / "envs"), "--no-assets"],
-        stdout=out, stderr=subprocess.STDOUT, env=_offline_env(), cwd=folder,
+        stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder,
     )
     out.close()
     deadline = time.monotonic() + 60
@@ -210,12 +214,14 @@ def test_server_keeps_running_when_sources_change(tmp_path):
     import shutil
 
     tree = tmp_path / "tree"
-    for rel in ("scripts/dashboard.py", "cyclegan/dashboard.py", "cyclegan/__init__.py", "common/__init__.py",
-                "common/atomic.py", "common/cli.py", "common/errors.py"):
+    for rel in ("scripts/dashboard.py", "cyclegan/dashboard.py", "cyclegan/__init__.py", "stem_denoise/__init__.py",
+                "stem_denoise/commands/__init__.py", "stem_denoise/commands/dashboard.py",
+                "stem_denoise/common/__init__.py", "stem_denoise/common/atomic.py", "stem_denoise/common/cli.py",
+                "stem_denoise/common/errors.py"):
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tree / rel)
     port = _free_port()
-    proc = _start_server(tmp_path, port, script=tree / "scripts" / "dashboard.py")
+    proc = _start_server(tmp_path, port, script=tree / "scripts" / "dashboard.py", pythonpath=tree)
     try:
         with Dashboard(tmp_path / "log.jsonl", port=port, env="t_reload") as dash:
             dash.scalars(0, {"loss": 1.0})

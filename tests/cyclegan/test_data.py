@@ -6,7 +6,7 @@ import pytest
 import tifffile
 import torch
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from cyclegan.data import (StepBatchSampler, UnpairedPatches, make_loader, read_data_info, sample_keys,
                            write_toy_patches)
 

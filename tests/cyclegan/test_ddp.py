@@ -31,7 +31,7 @@ HELPER = textwrap.dedent("""
     import torch.distributed as dist
     from cyclegan.config import config_from_dict
     from cyclegan.train import train
-    from scripts.train_cyclegan import main
+    from stem_denoise.commands.train_cyclegan import main
 
     data, out, cfg = Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
     dist.init_process_group("gloo")  # one group for several runs; train() joins it

@@ -8,9 +8,9 @@ import pytest
 import tifffile
 import torch
 
-from common.columns import find_columns, match_columns
-from common.errors import InputError
-from common.tiling import TileGrid, map_tiles
+from stem_denoise.common.columns import find_columns, match_columns
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.tiling import TileGrid, map_tiles
 from cyclegan.checkpoint import export_generator, load_generator
 from cyclegan.infer import (
     Resampler,
@@ -347,7 +347,7 @@ def test_bf16_output_is_close_to_fp32(trained):
 def test_fp32_is_the_plain_float32_network_and_auto_follows_the_cpu(trained):
     """precision fp32 runs exactly the float32 network (as before precision existed); "auto" on a CPU picks bf16
     only with native bf16 instructions."""
-    from common.precision import cpu_has_native_bf16
+    from stem_denoise.common.precision import cpu_has_native_bf16
 
     x = np.random.default_rng(12).random((2, 40, 56)).astype(np.float32)
     fn = make_tile_fn(trained, torch.device("cpu"), precision="fp32")

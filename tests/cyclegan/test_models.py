@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 from cyclegan.models import (DiscriminatorConfig, GeneratorConfig, ReferenceResnetGenerator, build_discriminator,
                              build_generator, discriminator_receptive_field, generator_receptive_field)
 

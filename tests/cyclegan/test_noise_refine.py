@@ -9,7 +9,7 @@ import pytest
 import tifffile
 import torch
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 from cyclegan.checkpoint import safe_torch_load
 from cyclegan.config import config_from_dict
 from cyclegan.data import DataInfo, toy_lattice

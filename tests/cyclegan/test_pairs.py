@@ -9,7 +9,7 @@ from cyclegan.infer import Resampler, resample_operator
 from cyclegan.pairs import (NoiseRanges, SyntheticPairs, draw_noise, make_pair, resample, stem_noise,
                             step_generator)
 from cyclegan.synth import KINDS, SceneBank, render_scene
-from common.columns import find_columns
+from stem_denoise.common.columns import find_columns
 
 
 def _lag1(r: np.ndarray, axis: int) -> float:

@@ -8,8 +8,8 @@ import pytest
 import tifffile
 import torch
 
-from common.cli import run_main
-from common.errors import CheckpointError, ConfigError, InputError
+from stem_denoise.common.cli import run_main
+from stem_denoise.common.errors import CheckpointError, ConfigError, InputError
 from cyclegan import checkpoint as ckpt_mod
 from cyclegan import losses
 from cyclegan.checkpoint import CheckpointWriteError, load_generator, safe_torch_load
@@ -190,7 +190,7 @@ def test_config_profiles_and_round_trip(tmp_path):
 
 
 def test_script_trains_and_reports_config_errors_in_one_line(data, tmp_path, capsys):
-    from scripts.train_cyclegan import main
+    from stem_denoise.commands.train_cyclegan import main
 
     cfg_path = tmp_path / "tiny.json"
     cfg_path.write_text(json.dumps({**TINY, "steps": 4}))
@@ -217,7 +217,7 @@ def test_script_trains_and_reports_config_errors_in_one_line(data, tmp_path, cap
 
 
 def test_bench_script_prints_both_loops(capsys):
-    from scripts.bench_train import main
+    from stem_denoise.commands.bench_train import main
 
     assert main(["--device", "cpu", "--profile", "quick", "--patch-px", "32", "--steps", "1", "--warmup", "0",
                  "--seconds", "0"]) == 0

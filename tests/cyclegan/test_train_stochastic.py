@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 from cyclegan.checkpoint import load_generator, safe_torch_load
 from cyclegan.config import config_from_dict, profile_config
 from cyclegan.data import write_toy_patches
@@ -116,8 +116,8 @@ def test_init_from_a_generator_export_fine_tunes_it(data, tmp_path, one_torch_th
         load_init_generator(build_generator(tiny(generator={"width": 6}).generator), export,
                             tiny(generator={"width": 6}))
     # the script takes the export's architecture over and trains on a data folder from it
-    from common.cli import run_main
-    from scripts.train_cyclegan import main
+    from stem_denoise.common.cli import run_main
+    from stem_denoise.commands.train_cyclegan import main
 
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps({**TINY, "generator": {"width": 8, "n_blocks": 2, "n_down": 2},

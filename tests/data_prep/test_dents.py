@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep import dents as D
 from data_prep.patches import SyntheticLattice, rotation_to_match
 from data_prep.lattice import measure_lattice

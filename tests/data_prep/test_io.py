@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep import io as dio
 from data_prep.io import (
     MicrographMeta,
@@ -670,7 +670,7 @@ def test_bad_targets(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="does not exist"):
         write_micrograph(tmp_path / "file" / "a.tif", noisy())
-    import common.atomic as atomic
+    import stem_denoise.common.atomic as atomic
 
     monkeypatch.setattr(atomic.os, "access", lambda p, mode: False)
     with pytest.raises(InputError, match="output folder .* is not writable"):

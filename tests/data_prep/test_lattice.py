@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.lattice import LatticeInfo, angle_difference, fold_angle, lattice_vectors, measure_lattice
 from data_prep.simulate import Dent, simulate, synthetic_lattice
 

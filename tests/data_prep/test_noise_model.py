@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.noise_model import NoiseEstimate, estimate_noise
 from data_prep.simulate import simulate
 

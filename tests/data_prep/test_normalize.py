@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.normalize import denormalize, normalize, robust_range, sample_pixels
 
 

@@ -8,8 +8,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from common.columns import find_columns
-from common.errors import ConfigError, InputError
+from stem_denoise.common.columns import find_columns
+from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.io import write_micrograph
 from data_prep.lattice import angle_difference, measure_lattice
 from data_prep.patches import (

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from common.errors import ConfigError, InputError
+from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.io import read_micrograph
 from data_prep.simulate import (
     Dent,

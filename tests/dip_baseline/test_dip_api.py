@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.simulate import simulate
 from dip_baseline.api import dip_denoise, psnr_db
 from dip_baseline.lanczos import lanczos_downsample

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from dip_baseline.lanczos import lanczos_downsample, lanczos_kernel_1d
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 from dip_baseline.net import SkipNetConfig, build_skipnet, count_parameters
 from dip_baseline.presets import PRESETS, get_preset
 

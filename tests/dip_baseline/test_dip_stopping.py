@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 from dip_baseline.stopping import (HoldoutConfig, ValidationStopper, WindowedVarianceStopper, WMVConfig,
                                    holdout_pixels)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigError, InputError
+from stem_denoise.common.errors import ConfigError, InputError
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-bench_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_script)
+bench_script = importlib.import_module("stem_denoise.commands.benchmark")
 
 
 def test_quick_benchmark_runs_end_to_end(tmp_path, capsys):

@@ -8,10 +8,10 @@ import types
 import numpy as np
 import pytest
 
-from common.errors import ConfigError, InputError
+from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.simulate import save_simulation, simulate
-from evaluation import benchmark as B
-from evaluation.report import aggregate
+from stem_denoise.evaluation import benchmark as B
+from stem_denoise.evaluation.report import aggregate
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_config_validation(tmp_path):
 
 
 def test_aggregate_and_bold_best():
-    from evaluation.report import _format_table
+    from stem_denoise.evaluation.report import _format_table
 
     rows = [
         {"method": "noisy", "label": "noisy input", "psnr": 10, "f1": 0.5, "hallucinations": 0, "n_vacancies": 4,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.simulate import simulate
-from evaluation import filters as F
-from evaluation.metrics import ColumnTruth, column_metrics, dent_fidelity, psnr
+from stem_denoise.evaluation import filters as F
+from stem_denoise.evaluation.metrics import ColumnTruth, column_metrics, dent_fidelity, psnr
 
 
 @pytest.fixture(scope="module")

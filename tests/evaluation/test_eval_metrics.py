@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.simulate import Dent, simulate
-from evaluation.metrics import (
+from stem_denoise.evaluation.metrics import (
     PSNR_CAP_DB,
     ColumnTruth,
     column_metrics,
@@ -158,7 +158,7 @@ def test_visible_columns_leaves_out_what_the_truth_does_not_show(sim):
 
 
 def test_noise_left_measures_the_noise_realisation_kept():
-    from evaluation.metrics import noise_left
+    from stem_denoise.evaluation.metrics import noise_left
 
     rng = np.random.default_rng(0)
     truth = rng.random((64, 64)).astype(np.float32) * 10

@@ -3,18 +3,18 @@ vacuum, determinism, the test-set specs, and the benchmark run on it end to end.
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from common.columns import find_columns, match_columns
-from common.errors import ConfigError
-from evaluation import benchmark as B
-from evaluation import independent as ind
-from evaluation.metrics import evaluate
+from stem_denoise.common.columns import find_columns, match_columns
+from stem_denoise.common.errors import ConfigError
+from stem_denoise.evaluation import benchmark as B
+from stem_denoise.evaluation import independent as ind
+from stem_denoise.evaluation.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -235,9 +235,7 @@ def test_large_period_fits_eight_cells():
 
 # ------------------------------------------------------------------------------------------------ benchmark
 
-_spec = importlib.util.spec_from_file_location("benchmark_script_ind", ROOT / "scripts" / "benchmark.py")
-bench_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_script)
+bench_script = importlib.import_module("stem_denoise.commands.benchmark")
 
 
 def test_benchmark_runs_on_the_independent_set(tmp_path, capsys):

@@ -3,7 +3,7 @@ frames, the four shared real frames, and the command line."""
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.simulate import simulate
-from evaluation.realframes import (
+from stem_denoise.evaluation.realframes import (
     THRESHOLDS,
     CellGeometry,
     cell_average,
@@ -188,15 +188,12 @@ def test_real_frames_gaussian_1px_keeps_the_cell_and_identity_leaves_no_residual
 # ------------------------------------------------------------------------------------------------ command line
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("realcheck_script", ROOT / "scripts" / "realcheck.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("stem_denoise.commands.realcheck")
 
 
 def test_realcheck_cli_writes_one_row_per_method(tmp_path, capsys):
     from data_prep.io import write_micrograph
-    from evaluation.realframes import real_methods
+    from stem_denoise.evaluation.realframes import real_methods
 
     folder = tmp_path / "real"
     folder.mkdir()
@@ -223,7 +220,7 @@ def test_realcheck_cli_writes_one_row_per_method(tmp_path, capsys):
 
 
 def test_realcheck_bad_folder_exits_2_with_one_line(tmp_path, capsys):
-    from common.cli import run_main
+    from stem_denoise.common.cli import run_main
 
     script = _load_script()
     with pytest.raises(SystemExit) as exc:

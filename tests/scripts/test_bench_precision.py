@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from common.cli import run_main
-from common.precision import cpu_has_native_bf16
+from stem_denoise.common.cli import run_main
+from stem_denoise.common.precision import cpu_has_native_bf16
 from cyclegan.checkpoint import export_generator
 from cyclegan.models import GeneratorConfig, build_generator
 
@@ -18,7 +18,7 @@ INFO = dict(patch_px=64, atoms_per_patch=5, period_px=12.8, direction="A2B")
 
 
 def test_bench_infer_precision_mode_times_each_precision_end_to_end(tmp_path, capsys):
-    from scripts.bench_infer import main
+    from stem_denoise.commands.bench_infer import main
 
     cfg = GeneratorConfig(width=4, n_blocks=1)
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def test_bench_infer_precision_mode_times_each_precision_end_to_end(tmp_path, ca
 
 
 def test_bench_infer_bad_precision_is_one_line(capsys):
-    from scripts import bench_infer
+    from stem_denoise.commands import bench_infer
 
     with pytest.raises(SystemExit) as exc:
         run_main(bench_infer.main, ["--mode", "precision", "--size", "32", "--precisions", "fp32,fp8"])
@@ -53,7 +53,7 @@ def test_bench_infer_bad_precision_is_one_line(capsys):
 
 
 def test_bench_train_times_the_profile_in_each_precision(capsys):
-    from scripts.bench_train import main
+    from stem_denoise.commands.bench_train import main
 
     assert main(["--device", "cpu", "--profile", "quick", "--patch-px", "32", "--steps", "1", "--warmup", "0",
                  "--seconds", "0", "--precisions", "fp32,bf16"]) == 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.cli import run_main
+from stem_denoise.common.cli import run_main
 from cyclegan.checkpoint import export_generator
 from cyclegan.models import GeneratorConfig, build_generator
 from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
@@ -210,7 +210,7 @@ def test_bad_option_values_are_usage_errors(tmp_path, checkpoint, capsys):
 def test_precision_fp32_is_the_plain_float32_network(tmp_path, checkpoint, capsys):
     """--precision fp32 gives exactly the float32 network's output (what the script computed before it had a
     precision option), and so does the default on a CPU without native bf16; bf16 gives a close one."""
-    from common.precision import cpu_has_native_bf16
+    from stem_denoise.common.precision import cpu_has_native_bf16
     from cyclegan.checkpoint import load_generator
     from data_prep.normalize import robust_range
 
@@ -279,7 +279,7 @@ def test_no_checkpoint_uses_the_shipped_model(tmp_path, checkpoint, capsys, monk
     assert code == 0, err
     lines = [ln for ln in stdout.splitlines() if "default model" in ln]
     assert len(lines) == 1 and lines[0].startswith("using the shipped default model ")
-    assert "models/README.md" in lines[0] and "1 denoised" in stdout
+    assert "stem_denoise/models/README.md" in lines[0] and "1 denoised" in stdout
 
 
 @pytest.mark.parametrize("from_env", [True, False])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.cli import run_main
+from stem_denoise.common.cli import run_main
 from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
 
 ROOT = Path(__file__).resolve().parents[2]

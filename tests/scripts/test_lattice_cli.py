@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.cli import run_main
+from stem_denoise.common.cli import run_main
 from data_prep.io import write_micrograph
 from data_prep.simulate import save_simulation, simulate
 

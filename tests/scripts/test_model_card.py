@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from common.cli import run_main
+from stem_denoise.common.cli import run_main
 from cyclegan.checkpoint import export_generator
 from cyclegan.models import GeneratorConfig, build_generator
 
@@ -21,7 +21,7 @@ def tiny_export(tmp_path):
 def test_model_card_measures_and_writes_the_card(tiny_export, tmp_path, capsys, one_torch_thread):
     from data_prep.io import MicrographMeta, write_micrograph
     from data_prep.simulate import simulate
-    from scripts.model_card import main
+    from stem_denoise.commands.model_card import main
 
     real = tmp_path / "real"
     real.mkdir()

@@ -1,7 +1,7 @@
 """scripts/prepare_data.py end to end on small simulated micrographs: layout, manifest, atomicity, bad input."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -13,15 +13,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 from data_prep.io import write_micrograph
 from data_prep.simulate import Dent, save_simulation, simulate, synthetic_lattice
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "prepare_data.py"
-_spec = importlib.util.spec_from_file_location("prepare_data_script", SCRIPT)
-prepare_data = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prepare_data)
+prepare_data = importlib.import_module("stem_denoise.commands.prepare_data")
 
 PER_IMAGE = 12
 
@@ -217,9 +215,7 @@ def test_simulation_folders_skip_truth_maps(tmp_path):
 def test_simulator_output_folder_skips_its_synthetic_lattices(tmp_path):
     """A folder written by scripts/simulate.py holds synthetic_lattice*.tif beside the micrographs: they are the
     clean domain, never domain-A micrographs."""
-    spec = importlib.util.spec_from_file_location("simulate_script", ROOT / "scripts" / "simulate.py")
-    simulate_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(simulate_script)
+    simulate_script = importlib.import_module("stem_denoise.commands.simulate")
     sims = tmp_path / "sims"
     assert simulate_script.main(["--out", str(sims), "--n", "2", "--size", "200", "--periods", "10,14",
                                  "--doses", "40", "--lattices", "square", "--dents", "none"]) in (0, None)

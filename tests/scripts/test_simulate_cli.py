@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.cli import run_main
+from stem_denoise.common.cli import run_main
 from data_prep.io import read_micrograph
 from data_prep.lattice import measure_lattice
 from data_prep.simulate import load_simulation

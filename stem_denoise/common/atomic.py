@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 
 
 def _umask() -> int:

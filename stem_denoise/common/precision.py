@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")

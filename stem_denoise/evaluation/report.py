@@ -1,6 +1,6 @@
 """Benchmark report files: CSV of every (case, method) row, Markdown tables per dose, figure panels and plots.
 
-Rows of the independent validation set (``row["set"] == "independent"``, :mod:`evaluation.independent`) are never
+Rows of the independent validation set (``row["set"] == "independent"``, :mod:`stem_denoise.evaluation.independent`) are never
 averaged with the others: they get their own tables per dose, headed as such, and their own plots.
 
 Figures use matplotlib with the non-interactive Agg backend; every file is written atomically.
@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from common.atomic import atomic_write_bytes
-from common.columns import gaussian_lowpass
+from stem_denoise.common.atomic import atomic_write_bytes
+from stem_denoise.common.columns import gaussian_lowpass
 
 CSV_COLUMNS = (
     "case", "lattice", "set", "dose", "height", "width", "method", "label", "oracle", "psnr", "ssim", "n_true",
@@ -203,7 +203,7 @@ def _psnr_by_lattice(rows: Sequence[dict]) -> list[str]:
 INDEPENDENT_INTRO = [
     "## Independent validation set",
     "",
-    "Micrographs from a second, separately written simulator (`evaluation.independent`), so that no model is",
+    "Micrographs from a second, separately written simulator (`stem_denoise.evaluation.independent`), so that no model is",
     "judged only on the simulator that trained it: white Poisson + Gaussian read noise with a detector gain and an",
     "offset that the methods are not told (they estimate the noise model), non-Gaussian probes (Gaussian core with",
     "Lorentzian-like tails, astigmatic, Airy-like ring), a pedestal, thickness ramps and an amorphous speckle",
@@ -227,7 +227,7 @@ def write_markdown(rows: Sequence[dict], path: str | Path, *, skipped: Sequence[
     if main_rows or not ind_rows:
         lines += ["Simulated micrographs with known truth (`data_prep.simulate`)."]
     lines += [
-        "Columns are found in every output with the one documented finder (`common.columns.find_columns`) and",
+        "Columns are found in every output with the one documented finder (`stem_denoise.common.columns.find_columns`) and",
         "matched to the true columns within period/3.",
         "The true columns are those the finder sees in the noise-free truth (CSV `hidden_columns`: true columns too",
         "faint to be found even there, left out for every method).",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 
 
 def as_real_image(image, name: str = "image") -> np.ndarray:

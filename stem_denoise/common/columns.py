@@ -41,8 +41,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
 
-from common.arrays import as_real_image
-from common.errors import InputError
+from stem_denoise.common.arrays import as_real_image
+from stem_denoise.common.errors import InputError
 
 DEFAULT_THRESHOLD_REL = 0.2
 SMOOTH_FRAC = 1.0 / 8.0  # smoothing sigma in periods (probe scale)

@@ -56,7 +56,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import j1
 
-from common.errors import ConfigError
+from stem_denoise.common.errors import ConfigError
 
 INDEPENDENT_KINDS = ("square", "hex", "honeycomb", "dumbbell", "perovskite", "nanoparticle")
 PROBES = ("aberrated", "astigmatic", "airy")
@@ -506,14 +506,14 @@ def case_name(kind: str, dose: float, period_px: float) -> str:
 
 def independent_case(kind: str, dose: float, *, size: int = DEFAULT_SIZE, period_px: float | None = None,
                      seed: int = 0):
-    """One case of the independent set as an :class:`evaluation.benchmark.Case` tagged ``source="independent"``.
+    """One case of the independent set as an :class:`stem_denoise.evaluation.benchmark.Case` tagged ``source="independent"``.
 
     The column truth is restricted to the columns the finder sees in the noise-free truth (as for the main set,
-    :func:`evaluation.metrics.visible_columns`); ``hidden_columns`` counts the others. Gain and read noise are not
+    :func:`stem_denoise.evaluation.metrics.visible_columns`); ``hidden_columns`` counts the others. Gain and read noise are not
     handed on (``None``): the detector has an offset the methods are not told, so they estimate the noise model.
     """
-    from evaluation.benchmark import Case
-    from evaluation.metrics import ColumnTruth, visible_columns
+    from stem_denoise.evaluation.benchmark import Case
+    from stem_denoise.evaluation.metrics import ColumnTruth, visible_columns
 
     img = render_independent(kind, dose, size=size, period_px=period_px, seed=seed)
     cols = ColumnTruth(img.columns, img.vacancies, img.period_px, img.pixel_size_pm, img.heavy, img.light)

@@ -8,7 +8,7 @@ A real frame has no ground truth, so a denoiser is judged on what it must leave 
   the motif stays; raw and output are averaged on exactly the same cells (:class:`CellGeometry`, computed once on
   the raw frame), so the two averages must agree: Pearson ``cell_r`` near 1 and, site by site, the same relative
   column heights (a weak sublattice that a strong prior took for noise shows here first).
-* **The column count** with the project's finder (:func:`common.columns.find_columns`), on the raw frame and on
+* **The column count** with the project's finder (:func:`stem_denoise.common.columns.find_columns`), on the raw frame and on
   the output after the same light smoothing (Gaussian sigma = column spacing / 10; the same treatment of both, so
   that the identity counts the same and only what the denoiser changed counts). The column spacing is the shortest
   distance between two distinct column sites of the raw cell average (a perovskite's A-B distance, not its cell
@@ -46,9 +46,9 @@ import scipy.fft
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from common.arrays import as_real_image
-from common.columns import find_columns, gaussian_lowpass
-from common.errors import InputError
+from stem_denoise.common.arrays import as_real_image
+from stem_denoise.common.columns import find_columns, gaussian_lowpass
+from stem_denoise.common.errors import InputError
 from data_prep.lattice import LatticeInfo, lattice_vectors, measure_lattice
 
 __all__ = [
@@ -477,7 +477,7 @@ def _relative_heights(avg: np.ndarray, sites: np.ndarray) -> np.ndarray:
 
 def _periodic_part(u: np.ndarray) -> np.ndarray:
     """Moisan's periodic component of ``u``: the image without the FFT's border discontinuity (linear in u)."""
-    from evaluation.filters import _periodic_smooth
+    from stem_denoise.evaluation.filters import _periodic_smooth
 
     return _periodic_smooth(u)[0]
 
@@ -740,10 +740,10 @@ CSV_COLUMNS = (
 
 
 def fixed_gaussian_method(sigma_px: float):
-    """A :class:`evaluation.benchmark.Method` blurring with a fixed Gaussian of ``sigma_px`` (px): the truth-free
+    """A :class:`stem_denoise.evaluation.benchmark.Method` blurring with a fixed Gaussian of ``sigma_px`` (px): the truth-free
     stand-in for the benchmark's oracle Gaussian."""
-    from evaluation import filters
-    from evaluation.benchmark import Method
+    from stem_denoise.evaluation import filters
+    from stem_denoise.evaluation.benchmark import Method
 
     sigma = float(sigma_px)
 
@@ -757,15 +757,15 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
     """The methods to run on real frames and ``"name: reason"`` for those left out.
 
     ``names`` (default all of :data:`METHOD_NAMES`): the benchmark's classical filters
-    (:func:`evaluation.benchmark.classical_methods`) with the oracle Gaussian replaced by fixed Gaussians of
+    (:func:`stem_denoise.evaluation.benchmark.classical_methods`) with the oracle Gaussian replaced by fixed Gaussians of
     sigma 1 and 2 px; BM3D only when its optional package is installed. Every path in ``checkpoints`` adds a
-    CycleGAN generator (:func:`evaluation.benchmark.cyclegan_method`), labelled by ``labels`` in order where given.
+    CycleGAN generator (:func:`stem_denoise.evaluation.benchmark.cyclegan_method`), labelled by ``labels`` in order where given.
     """
     import dataclasses
     from pathlib import Path
 
-    from evaluation import filters
-    from evaluation.benchmark import classical_methods, cyclegan_method
+    from stem_denoise.evaluation import filters
+    from stem_denoise.evaluation.benchmark import classical_methods, cyclegan_method
 
     wanted = list(METHOD_NAMES if names is None else names)
     bad = [n for n in wanted if n not in METHOD_NAMES]
@@ -812,7 +812,7 @@ def write_real_csv(rows, path) -> None:
     import csv
     import io
 
-    from common.atomic import atomic_write_bytes
+    from stem_denoise.common.atomic import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -830,12 +830,12 @@ def _cell(v, fmt: str) -> str:
 
 def write_real_markdown(rows, path, *, frames: dict, skipped=(), errors=(), thresholds=THRESHOLDS) -> None:
     """``real_results.md``: how to read it, then one table per frame (``frames``: name -> description dict)."""
-    from common.atomic import atomic_write_bytes
+    from stem_denoise.common.atomic import atomic_write_bytes
 
     t = thresholds
     lines = [
         "# Real frames: checks without ground truth", "",
-        "Each output is compared with the raw frame on what must not change (`evaluation.realframes`):",
+        "Each output is compared with the raw frame on what must not change (`stem_denoise.evaluation.realframes`):",
         f"*cell r*: Pearson r of the unit-cell averages of raw and output on the same cells (pass >= "
         f"{t.get('cell_r', 'n/a')}); *worst site*: largest relative change of a column site's height in the cell "
         f"average (pass <= {t.get('site_height_max_rel_err', 'n/a')}); *columns*: columns found on the lightly "
@@ -918,7 +918,7 @@ def real_frame_panel(frame: str, raw: np.ndarray, outputs: dict, geometry: CellG
     middle row the raw noise estimate (:func:`raw_noise`) and every residual ``raw - output`` on one symmetric
     scale; bottom row the raw and every output's unit-cell average on the same cells (two cells, real-space
     geometry, raw grey scale), with the raw column sites circled (red: height changed beyond the threshold)."""
-    from evaluation.report import _mpl, _save_fig
+    from stem_denoise.evaluation.report import _mpl, _save_fig
 
     plt = _mpl()
     by_name = {r["method"]: r for r in rows}
@@ -1007,7 +1007,7 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
     and column spacing measured once per raw frame) and :func:`check_real_frame`, and write
     ``real_results.csv``, ``real_results.md`` and ``real_<frame>.png`` into ``out_dir``.
 
-    Methods get a :class:`evaluation.benchmark.MethodContext` whose ``period_px`` is the frame's column spacing
+    Methods get a :class:`stem_denoise.evaluation.benchmark.MethodContext` whose ``period_px`` is the frame's column spacing
     (px), whose ``lattice_period_px`` (what the CycleGAN resamples by, as ``denoise.py`` would) is the measured
     lattice period times ``period_factor``, and whose pixel size is the file's. A method that raises is recorded
     and the others still run; so is a frame without a measurable lattice. Returns ``{"rows", "errors",
@@ -1016,9 +1016,9 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
     import time
     from pathlib import Path
 
-    from common.atomic import make_output_dir
+    from stem_denoise.common.atomic import make_output_dir
     from data_prep.io import read_micrograph
-    from evaluation.benchmark import MethodContext, call_method
+    from stem_denoise.evaluation.benchmark import MethodContext, call_method
 
     out = make_output_dir(out_dir)
     rows, errors, skipped = [], [], list(skipped)

@@ -29,8 +29,8 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.restoration import denoise_nl_means
 
-from common.arrays import as_real_image
-from common.errors import InputError
+from stem_denoise.common.arrays import as_real_image
+from stem_denoise.common.errors import InputError
 
 
 class FilterUnavailable(RuntimeError):

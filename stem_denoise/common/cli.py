@@ -2,7 +2,7 @@
 
 ``run_main(main)`` runs a script's ``main(argv)`` and maps failures to exit codes:
 
-* :class:`~common.errors.InputError` -> one line ``error: ...`` on stderr, exit 2;
+* :class:`~stem_denoise.common.errors.InputError` -> one line ``error: ...`` on stderr, exit 2;
 * ``KeyboardInterrupt`` -> one line, exit 130;
 * argparse usage errors keep argparse's own exit code 2.
 """
@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 

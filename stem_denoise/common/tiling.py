@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.errors import InputError
+from stem_denoise.common.errors import InputError
 
 __all__ = [
     "TileGrid",

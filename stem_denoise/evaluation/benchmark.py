@@ -5,11 +5,11 @@ the lattice period. A *method* is any callable ``fn(noisy: np.ndarray, ctx: Meth
 returns an image of the same shape in the same units; the classical filters, the CycleGAN generator (stitched tiles,
 :func:`cyclegan.infer.denoise_array`) and the Deep Image Prior (:func:`dip_baseline.api.dip_denoise`) are plugged in
 through small adapters that import their packages only when used. Every output is scored with
-:func:`evaluation.metrics.evaluate` and timed; :func:`run_benchmark` writes ``results.csv``, ``results.md``, one
-figure panel per case and the PSNR- and hallucination-versus-dose plots (:mod:`evaluation.report`).
+:func:`stem_denoise.evaluation.metrics.evaluate` and timed; :func:`run_benchmark` writes ``results.csv``, ``results.md``, one
+figure panel per case and the PSNR- and hallucination-versus-dose plots (:mod:`stem_denoise.evaluation.report`).
 
 Two test sets: the *simulated* set from the project's own simulator (:mod:`data_prep.simulate`, which also makes the
-training targets) and the *independent validation set* (:mod:`evaluation.independent`: a separately written
+training targets) and the *independent validation set* (:mod:`stem_denoise.evaluation.independent`: a separately written
 simulator with another probe, background, lattice and noise model), so that no model is judged only on the
 simulator that trained it. ``BenchConfig.cases`` picks one or both; the report keeps them apart.
 
@@ -34,10 +34,10 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from common.atomic import make_output_dir
-from common.errors import ConfigError, InputError
-from evaluation import filters
-from evaluation.metrics import ColumnMatch, ColumnTruth, evaluate, match_to_truth, visible_columns
+from stem_denoise.common.atomic import make_output_dir
+from stem_denoise.common.errors import ConfigError, InputError
+from stem_denoise.evaluation import filters
+from stem_denoise.evaluation.metrics import ColumnMatch, ColumnTruth, evaluate, match_to_truth, visible_columns
 
 DEFAULT_DOSES = (2.0, 5.0, 10.0, 20.0)
 DEFAULT_LATTICES = ("square", "hex", "perovskite")
@@ -59,7 +59,7 @@ class Case:
     """One test micrograph: ``noisy`` and ``truth`` float32 (H, W) in the same units; ``columns`` the known columns
     (None when only a truth image is known), restricted to those the finder sees in the truth
     (``hidden_columns``: how many true columns were too faint even there, see
-    :func:`evaluation.metrics.visible_columns`); ``period_px`` the true period; ``dose`` counts at a column peak
+    :func:`stem_denoise.evaluation.metrics.visible_columns`); ``period_px`` the true period; ``dose`` counts at a column peak
     (None when unknown); ``gain``/``read_sigma`` of the detector (None: the filters estimate them)."""
 
     name: str
@@ -165,7 +165,7 @@ _AUX_SUFFIXES = ("_truth", "_thickness")
 def load_cases(data_dir: str | os.PathLike) -> list[Case]:
     """Cases from a folder: every ``*.json`` written by :func:`data_prep.simulate.save_simulation` (full column
     truth), and every other image with a ``{stem}_truth.tif`` beside it (truth image only: the reference columns
-    are those :func:`common.columns.find_columns` finds in the truth, vacancies are unknown, so hallucinations are
+    are those :func:`stem_denoise.common.columns.find_columns` finds in the truth, vacancies are unknown, so hallucinations are
     not scored; the period is measured on the truth)."""
     from data_prep.simulate import load_simulation
 
@@ -200,7 +200,7 @@ def load_cases(data_dir: str | os.PathLike) -> list[Case]:
 
 
 def _case_from_images(img_path: Path, truth_path: Path) -> Case:
-    from common.columns import find_columns
+    from stem_denoise.common.columns import find_columns
     from data_prep.io import read_micrograph
     from data_prep.lattice import measure_lattice
 
@@ -373,7 +373,7 @@ class BenchConfig:
     ``dip_max_size``: DIP is skipped on micrographs with more than ``dip_max_size**2`` pixels (it optimises a
     network per image: hours for 2048^2 on a CPU); ``dip_lattices``: DIP only on cases of these lattices (default
     all; ``quick``: the first lattice only, at most 400 steps). ``cases``: the test set, ``"simulated"`` (the
-    project's simulator, or ``data_dir``), ``"independent"`` (:mod:`evaluation.independent`) or ``"both"``;
+    project's simulator, or ``data_dir``), ``"independent"`` (:mod:`stem_denoise.evaluation.independent`) or ``"both"``;
     ``independent_kinds``: kinds of the independent set to run (default all; its doses are ``doses`` or 2, 5, 10,
     20 also with ``quick``; its field side is ``size`` or 256, 128 with ``quick``, at most 512)."""
 
@@ -446,7 +446,7 @@ class BenchConfig:
             raise ConfigError("--data replaces the simulated set; with --cases independent it would not be used "
                               "(use --cases both to run both)")
         if self.independent_kinds is not None:
-            from evaluation.independent import INDEPENDENT_KINDS
+            from stem_denoise.evaluation.independent import INDEPENDENT_KINDS
 
             bad = [k for k in self.independent_kinds if k not in INDEPENDENT_KINDS]
             if bad or not self.independent_kinds:
@@ -552,7 +552,7 @@ def call_method(m: Method, image: np.ndarray, ctx: MethodContext, where: str, sk
 def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, rows: list, outputs: dict,
              matches: dict, skipped: list, errors: list) -> None:
     """Run one method on one case, score it, and append to the lists/dicts of :func:`run_case`."""
-    from common.columns import find_columns
+    from stem_denoise.common.columns import find_columns
 
     h, w = case.shape
     if m.max_pixels is not None and h * w > m.max_pixels:
@@ -590,7 +590,7 @@ def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, r
 
 
 def case_set(case: Case) -> str:
-    """The test set a case belongs to: ``"independent"`` (:mod:`evaluation.independent`), ``"simulated"`` (the
+    """The test set a case belongs to: ``"independent"`` (:mod:`stem_denoise.evaluation.independent`), ``"simulated"`` (the
     project's simulator) or ``"data"`` (loaded from a folder)."""
     if case.source in ("independent", "simulated"):
         return case.source
@@ -611,7 +611,7 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
     """
     from tqdm import tqdm
 
-    from evaluation import report
+    from stem_denoise.evaluation import report
 
     cfg.validate()
     out_dir = Path(cfg.out_dir)
@@ -637,7 +637,7 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
                                   n_large=cfg.n_large, large_size=cfg.large_size, seed=cfg.seed)
             cases_iter += [(s.name, (lambda s=s: simulate_case(s))) for s in specs]
     if cfg.cases in ("independent", "both"):
-        from evaluation import independent
+        from stem_denoise.evaluation import independent
 
         ind_specs = independent.independent_specs(quick=cfg.quick, doses=cfg.doses or independent.DEFAULT_DOSES,
                                                   seed=cfg.seed, kinds=cfg.independent_kinds, size=cfg.size)
@@ -699,7 +699,7 @@ def _config_summary(cfg: BenchConfig) -> dict:
 def _save_outputs(folder: Path, outputs: dict[str, np.ndarray]) -> None:
     import tifffile
 
-    from common.atomic import atomic_write_with
+    from stem_denoise.common.atomic import atomic_write_with
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, img in outputs.items():

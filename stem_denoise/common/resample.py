@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from common.errors import InputError
-from common.tiling import reflect_index
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.tiling import reflect_index
 
 __all__ = ["resample_operator", "resample_image"]
 

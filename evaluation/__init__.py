@@ -1,9 +1,0 @@
-"""Benchmarking the denoisers against simulated micrographs with known truth.
-
-* :mod:`evaluation.metrics` -- PSNR/SSIM, column detection (precision, recall, F1, RMSE), hallucinated and lost
-  columns, column-intensity and dent fidelity.
-* :mod:`evaluation.filters` -- classical filters: Gaussian (oracle sigma), median, NLM and optional BM3D in the
-  Anscombe domain, and the Bragg-peak (periodic) Fourier filter.
-* :mod:`evaluation.benchmark` -- test set, pluggable methods (CycleGAN and DIP through lazy adapters), the run.
-* :mod:`evaluation.report` -- results.csv, results.md, figure panels and dose plots.
-"""
