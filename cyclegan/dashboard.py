@@ -14,20 +14,20 @@ All traffic to the server happens in a background thread, so the training loop n
 HTTP request carries a timeout, any failure switches live plotting off (one warning, then silent retries), and no
 exception from visdom ever reaches the training loop. Ranks other than 0 do nothing at all.
 
-**Server** (:func:`serve`, :func:`ensure_frontend_assets`; command line: ``scripts/dashboard.py``). visdom 0.2.4
+**Server** (:func:`serve`, :func:`ensure_frontend_assets`; command line: ``stem-denoise dashboard``). visdom 0.2.4
 starts its server through ``download_scripts()``, which fetches the web page's JavaScript/CSS/fonts from CDNs at
 every start and crashes without internet. :func:`serve` builds visdom's tornado ``Application`` directly and never
-downloads anything. The page still needs those front-end files to render (React, Plotly, jQuery, Bootstrap, d3,
-MathJax ...). They are not vendored in this repository (Plotly alone is 3.7 MB, MathJax ships as a 21 MB package);
+downloads anything. The page still needs those front-end files (React, Plotly, jQuery, Bootstrap, d3, MathJax ...).
+They are not vendored in this repository (Plotly alone is 3.7 MB, MathJax ships as a 21 MB package):
 :func:`fetch_frontend_assets` gets the exact versions visdom asks for with ``npm pack`` (the npm client and its
-cache, so a machine that fetched them once can refetch offline) and copies the needed files, under the names
-visdom's page uses, into visdom's own ``static/`` folder in the virtual environment, which is where the server
-serves them from. It also writes visdom's ``static/version.built`` marker, so that even the stock
-``python -m visdom.server`` finds every file and downloads nothing. ``scripts/dashboard.py`` calls it automatically
-when files are missing; without npm it stops with a message that says what to install. :func:`serve` also mends
-two clashes between visdom 0.2.4 and current tornado (>= 6.5): the page itself answered HTTP 403 (see
-:func:`_static_handler_class`), and tornado's debug-mode autoreload restarted the server, dropping every plot,
-whenever an imported source file changed.
+cache, so a machine that fetched them once can refetch offline) into a **user cache folder**
+(:func:`frontend_dir`: ``$STEM_DENOISE_CACHE`` or ``$XDG_CACHE_HOME/stem-denoise`` or ``~/.cache/stem-denoise``,
+one subfolder per visdom version), beside a copy of the files visdom itself ships; the server serves the page from
+there. Nothing is ever written into the installed visdom package, so a read-only or shared environment works.
+``stem-denoise dashboard`` fetches the files when missing; without npm it stops with a message that says what to
+install. :func:`serve` also mends two clashes between visdom 0.2.4 and current tornado (>= 6.5): the page itself
+answered HTTP 403 (see :func:`_static_handler_class`), and tornado's debug-mode autoreload restarted the server,
+dropping every plot, whenever an imported source file changed.
 
 The server binds to 127.0.0.1 by default. visdom has no authentication in this set-up: anyone who can reach the
 port can read and change the dashboard. To watch a run on a remote machine, keep the default and tunnel:
@@ -674,16 +674,62 @@ NPM_MISSING_MESSAGE = (
 
 
 def visdom_static_dir() -> Path:
-    """visdom's ``static/`` folder inside the installed package (found without importing visdom)."""
+    """visdom's own ``static/`` folder inside the installed package (read only; found without importing visdom)."""
     spec = importlib.util.find_spec("visdom")
     if spec is None or spec.origin is None:
         raise InputError("visdom is not installed in this environment (pip install visdom)")
     return Path(spec.origin).parent / "static"
 
 
+def _visdom_version() -> str:
+    try:
+        return (visdom_static_dir().parent / "VERSION").read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+CACHE_ENV = "STEM_DENOISE_CACHE"
+
+
+def cache_root() -> Path:
+    """The user cache folder of this project: ``$STEM_DENOISE_CACHE``, else ``$XDG_CACHE_HOME/stem-denoise``, else
+    ``~/.cache/stem-denoise``."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "stem-denoise"
+
+
+def frontend_dir() -> Path:
+    """Where the dashboard page's static files live: ``cache_root()/visdom-<version>/static`` (visdom's shipped
+    files are copied there by :func:`sync_shipped_static`, the fetched ones written there)."""
+    return cache_root() / f"visdom-{_visdom_version()}" / "static"
+
+
+def sync_shipped_static(root: str | os.PathLike | None = None) -> int:
+    """Copy the files visdom ships in its ``static/`` folder (its page template and bundle) to ``root`` (default
+    :func:`frontend_dir`) where missing or changed; return how many were copied."""
+    root = Path(root) if root is not None else frontend_dir()
+    src_root = visdom_static_dir()
+    copied = 0
+    for src in sorted(src_root.rglob("*")):
+        if not src.is_file():
+            continue
+        dest = root / src.relative_to(src_root)
+        st = src.stat()
+        if dest.is_file() and dest.stat().st_size == st.st_size and dest.stat().st_mtime_ns == st.st_mtime_ns:
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(dest, src.read_bytes())
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+        copied += 1
+    return copied
+
+
 def missing_frontend_assets(static_dir: str | os.PathLike | None = None) -> list[str]:
     """``dest`` names from :data:`FRONTEND_ASSETS` that are absent (or empty) under ``static_dir``."""
-    root = Path(static_dir) if static_dir is not None else visdom_static_dir()
+    root = Path(static_dir) if static_dir is not None else frontend_dir()
     missing = []
     for asset in FRONTEND_ASSETS:
         path = root / asset.dest
@@ -717,13 +763,12 @@ def fetch_frontend_assets(
 ) -> list[Path]:
     """Fetch visdom's front-end files with ``npm pack`` and install them under ``static_dir``.
 
-    ``static_dir`` defaults to visdom's own ``static/`` folder (:func:`visdom_static_dir`). Only missing files are
-    fetched unless ``force``. npm runs with ``--prefer-offline``, so its cache is used when it holds the packages.
-    Each file is written atomically. When every file is present, visdom's ``version.built`` marker is written too.
-    Returns the paths written. Raises :class:`InputError` when npm is absent or fails (e.g. no network and an empty
+    ``static_dir`` defaults to the user cache folder (:func:`frontend_dir`), never visdom's installed package. Only
+    missing files are fetched unless ``force``. npm runs with ``--prefer-offline``, so its cache is used when it
+    holds the packages. Each file is written atomically. Returns the paths written. Raises :class:`InputError` when npm is absent or fails (e.g. no network and an empty
     npm cache) or a package lacks an expected file.
     """
-    root = Path(static_dir) if static_dir is not None else visdom_static_dir()
+    root = Path(static_dir) if static_dir is not None else frontend_dir()
     wanted = set(FRONTEND_ASSETS if force else ())
     if not force:
         missing = set(missing_frontend_assets(root))
@@ -769,21 +814,7 @@ def fetch_frontend_assets(
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write_bytes(dest, data)
                         written.append(dest)
-    if not missing_frontend_assets(root):
-        _mark_built(root)
     return written
-
-
-def _mark_built(root: Path) -> None:
-    """Write visdom's ``version.built`` marker so that visdom's own start-up does not re-download the files."""
-    version_file = root.parent / "VERSION"
-    try:
-        version = version_file.read_text(encoding="utf-8").strip()
-    except OSError:
-        return
-    marker = root / "version.built"
-    if not marker.is_file() or marker.read_text(encoding="utf-8").strip() != version:
-        atomic_write_bytes(marker, version.encode("utf-8"))
 
 
 def ensure_frontend_assets(static_dir: str | os.PathLike | None = None, *, npm: str = "npm") -> list[Path]:
@@ -821,13 +852,16 @@ def serve(
     port: int = DEFAULT_PORT,
     host: str = DEFAULT_HOST,
     env_path: str | os.PathLike | None = None,
+    static_dir: str | os.PathLike | None = None,
     quiet_requests: bool = True,
 ) -> None:
     """Run a visdom server on ``host:port`` until interrupted, without visdom's download step.
 
-    ``env_path`` is the folder where visdom keeps its environments as JSON (default: visdom's ``~/.visdom/``).
-    Uses visdom's own tornado ``Application`` and page; binding goes to ``host`` only (127.0.0.1 by default).
-    Raises :class:`InputError` when the port cannot be bound (in use, or a privileged port).
+    ``env_path`` is the folder where visdom keeps its environments as JSON (default: visdom's ``~/.visdom/``);
+    ``static_dir`` the page's static files (default :func:`frontend_dir`; visdom's shipped files are synced into it
+    first). Uses visdom's own tornado ``Application`` and page; binding goes to ``host`` only (127.0.0.1 by
+    default). Raises :class:`InputError` when the port cannot be bound (in use, or a privileged port) or a folder
+    cannot be written.
     """
     import tornado.ioloop
     from visdom.server import app as visdom_app
@@ -836,15 +870,22 @@ def serve(
     if not 0 < int(port) < 65536:
         raise InputError(f"port must be in 1..65535, got {port}")
     env_dir = str(Path(env_path).expanduser().resolve()) if env_path is not None else DEFAULT_ENV_PATH
+    static = Path(static_dir) if static_dir is not None else frontend_dir()
+    for what, folder in (("env", Path(env_dir)), ("static-files", static)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the {what} folder {folder}: {exc.strerror or exc}") from None
     try:
-        Path(env_dir).mkdir(parents=True, exist_ok=True)
+        sync_shipped_static(static)
     except OSError as exc:
-        raise InputError(f"cannot create the env folder {env_dir}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot copy visdom's page into {static}: {exc.strerror or exc}") from None
     if quiet_requests:
         logging.getLogger("tornado.access").setLevel(logging.WARNING)
     # visdom runs tornado in debug mode, which turns on autoreload: editing any imported source file (a `git pull`
     # in this repository) would restart the server and drop every plot. Debug mode only sets these if unset.
-    visdom_app.tornado_settings.update(autoreload=False, serve_traceback=False)
+    visdom_app.tornado_settings.update(autoreload=False, serve_traceback=False, static_path=str(static),
+                                       template_path=str(static))
     visdom_app.tornado_settings["static_handler_class"] = _static_handler_class()  # see its docstring
     app = visdom_app.Application(port=int(port), base_url="", env_path=env_dir)
     try:
@@ -854,7 +895,8 @@ def serve(
         raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}){hint}") from None
     shown = host if host not in ("", "0.0.0.0", "::") else socket.gethostname()
     shown = f"[{shown}]" if ":" in shown else shown
-    print(f"dashboard: http://{shown}:{port}  (visdom env files in {env_dir}; Ctrl-C stops it)", flush=True)
+    print(f"dashboard: http://{shown}:{port}  (visdom env files in {env_dir}; page files in {static}; "
+          "Ctrl-C stops it)", flush=True)
     tornado.ioloop.IOLoop.current().start()
 
 
@@ -877,13 +919,16 @@ __all__ = [
     "LOSS_WINDOW",
     "LR_WINDOW",
     "SPEED_WINDOW",
+    "cache_root",
     "ensure_frontend_assets",
     "exposure_warning",
     "fetch_frontend_assets",
+    "frontend_dir",
     "missing_frontend_assets",
     "panel_grid",
     "read_log",
     "serve",
+    "sync_shipped_static",
     "visdom_static_dir",
     "window_for",
 ]

@@ -4,8 +4,9 @@
     python scripts/dashboard.py --fetch-assets        # only install the web page's front-end files, then exit
 
 visdom's own start-up downloads the page's JavaScript/CSS from CDNs and crashes offline; this script starts
-visdom's server without that step. The page's front-end files are installed once into visdom's static folder via
-`npm pack` (done automatically when missing; see cyclegan/dashboard.py). It listens on 127.0.0.1 only; for a
+visdom's server without that step. The page's front-end files are fetched once with `npm pack` into a user cache
+folder ($STEM_DENOISE_CACHE, else ~/.cache/stem-denoise; never into the installed visdom package), done
+automatically when missing; see cyclegan/dashboard.py. It listens on 127.0.0.1 only; for a
 remote machine use an ssh tunnel (ssh -L 8097:127.0.0.1:8097 user@host) rather than --host 0.0.0.0.
 """
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
-
 
 from stem_denoise.common.cli import ArgumentParser, run_main
 from cyclegan.dashboard import (
@@ -25,7 +24,7 @@ from cyclegan.dashboard import (
     fetch_frontend_assets,
     missing_frontend_assets,
     serve,
-    visdom_static_dir,
+    frontend_dir,
 )
 
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.fetch_assets:
         written = fetch_frontend_assets(npm=args.npm)
-        print(f"front-end files: {len(written)} written, all present in {visdom_static_dir()}")
+        print(f"front-end files: {len(written)} written, all present in {frontend_dir()}")
         return 0
     if args.no_assets:
         missing = missing_frontend_assets()
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         written = ensure_frontend_assets(npm=args.npm)
         if written:
-            print(f"front-end files: {len(written)} installed in {visdom_static_dir()}")
+            print(f"front-end files: {len(written)} installed in {frontend_dir()}")
     warning = exposure_warning(args.host)
     if warning:
         print(warning, file=sys.stderr)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
+import importlib
 import io
 import json
 import logging
@@ -62,6 +62,7 @@ def _start_server(folder: Path, port: int, script: Path = SCRIPT, pythonpath: Pa
     """``pythonpath``: a source tree imported before the installed (editable) packages."""
     out = open(folder / "server.log", "w")
     env = _offline_env()
+    env["STEM_DENOISE_CACHE"] = str(folder / "cache")  # the page's files go to a cache folder, never into visdom
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     proc = subprocess.Popen(
@@ -116,13 +117,23 @@ def _warnings(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING]
 
 
+def _visdom_package_files() -> dict[str, tuple[int, int]]:
+    from cyclegan.dashboard import visdom_static_dir
+
+    root = visdom_static_dir().parent
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("visdom")
     port = _free_port()
+    before = _visdom_package_files()
     proc = _start_server(folder, port)
     yield port
     _stop_server(proc)
+    assert _visdom_package_files() == before  # nothing written into the installed visdom package
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -136,6 +147,25 @@ def test_server_started_offline_serves_the_page(server):
         resp = http.get(f"http://127.0.0.1:{server}/", timeout=10)
     assert resp.status_code == 200
     assert "plotly-plotly.min.js" in resp.text and "main.js" in resp.text
+    with _http() as http:
+        bundle = http.get(f"http://127.0.0.1:{server}/static/js/main.js", timeout=10)
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000  # served from the cache folder's copy
+
+
+def test_page_files_live_in_the_user_cache(tmp_path, monkeypatch):
+    from cyclegan.dashboard import cache_root, frontend_dir, sync_shipped_static, visdom_static_dir
+
+    monkeypatch.delenv("STEM_DENOISE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "stem-denoise"
+    monkeypatch.setenv("STEM_DENOISE_CACHE", str(tmp_path / "mine"))
+    root = frontend_dir()
+    assert root.parent.parent == tmp_path / "mine" and root.parent.name.startswith("visdom-0.")
+    shipped = sorted(p.relative_to(visdom_static_dir()) for p in visdom_static_dir().rglob("*") if p.is_file())
+    assert sync_shipped_static() == len(shipped) > 3
+    assert sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) == shipped
+    assert sync_shipped_static() == 0  # up to date: nothing copied again
+    assert missing_frontend_assets() == [a.dest for a in FRONTEND_ASSETS]  # default folder: the cache one
 
 
 def test_scalars_and_images_reach_the_server_and_the_file(server, tmp_path, caplog):
@@ -506,14 +536,12 @@ def test_fetch_installs_every_file_under_visdoms_names(tmp_path, fake_npm):
     exe, calls = fake_npm
     static = tmp_path / "visdom" / "static"
     static.mkdir(parents=True)
-    (static.parent / "VERSION").write_text("0.2.4\n")
     assert len(missing_frontend_assets(static)) == len(FRONTEND_ASSETS)
     written = fetch_frontend_assets(static, npm=str(exe))
     assert len(written) == len(FRONTEND_ASSETS) and missing_frontend_assets(static) == []
     for asset in FRONTEND_ASSETS:
         path = static / asset.dest
         assert path.read_text() == f"{asset.spec}/{asset.member}"
-    assert (static / "version.built").read_text() == "0.2.4"  # visdom's own start-up will not re-download
     assert (static / "js" / "plotly-plotly.min.js").is_file()
     assert (static / "js" / "mathjax" / "2.7.5" / "MathJax.js").is_file()
 
@@ -536,6 +564,7 @@ def test_after_fetch_visdoms_own_start_up_downloads_nothing(tmp_path, fake_npm, 
     static.mkdir(parents=True)
     (static.parent / "VERSION").write_text(visdom.__version__)
     fetch_frontend_assets(static, npm=str(fake_npm[0]))
+    (static / "version.built").write_text(visdom.__version__)  # what visdom's own downloader leaves behind
 
     def no_network(*args, **kwargs):
         raise AssertionError(f"download attempted: {args[1:]!r}")
@@ -581,10 +610,7 @@ def test_fetch_without_npm_or_network_says_what_to_do(tmp_path, fake_npm, monkey
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("dashboard_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("stem_denoise.commands.dashboard")
 
 
 def test_script_port_in_use_is_a_clear_error(tmp_path):
