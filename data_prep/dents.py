@@ -1,9 +1,9 @@
-"""Dent masks and dented targets: the seed's recipe, with window sizes that follow the lattice period.
+"""Dent masks and dented targets: the reference recipe (the predecessor project's), with window sizes that follow the lattice period.
 
 A *dent* is a thinner region of the specimen. In an ADF/HAADF image it scales the intensity of every column in it
 (and the background under them) by the local relative thickness, so it shows as a slow dark patch under the
 lattice. The clean training domain (the synthetic lattice) has no dents; a generator trained against it learns to
-remove them. The seed project's fix, reproduced here, is to measure a *dent mask* on each micrograph and add it to
+remove them. The reference recipe's fix (the predecessor project's), reproduced here, is to measure a *dent mask* on each micrograph and add it to
 synthetic lattice images at the micrograph's zoom (*dented targets*), so the clean domain holds dents like the
 micrographs'.
 
@@ -11,8 +11,8 @@ Mask recipe (:func:`dent_mask`), each step a function of its own:
 
 1. subtract the image's mean (:func:`subtract_mean`);
 2. smooth: ``"seed"`` averages each window (:func:`window_mean`), ``"min"`` takes the minimum of each window
-   (:func:`window_min`, the seed's "lowest neighbour within Chebyshev distance 3"), ``"mean"`` averages a wider
-   window (the seed's "mean of neighbours within Chebyshev distance 5");
+   (:func:`window_min`, the reference recipe's "lowest neighbour within Chebyshev distance 3"), ``"mean"`` averages a wider
+   window (the reference recipe's "mean of neighbours within Chebyshev distance 5");
 3. turn the dent upwards: for ``polarity="dark"`` (the usual thinner-is-darker dent) the smoothed map is negated,
    for ``"bright"`` it is kept;
 4. stretch to 0-255 (:func:`to_0_255`: min to 0, max to 255, both taken over the pixels at least half a window
@@ -22,7 +22,7 @@ Mask recipe (:func:`dent_mask`), each step a function of its own:
    dent alone;
 6. Gaussian blur (:func:`gaussian_blur`), which softens the step left by the threshold.
 
-Window and blur scale -- the one departure from the seed's literal recipe. On an atomic-resolution micrograph a
+Window and blur scale -- the one departure from the reference recipe's literal sizes. On an atomic-resolution micrograph a
 5 x 5 px average still holds the lattice (columns are 6-40 px apart), so the thresholded map is a grid of column
 blobs plus noise, not a dent. By default (``scale="period"``) every size is measured in lattice periods:
 
@@ -31,12 +31,12 @@ blobs plus noise, not a dent. By default (``scale="period"``) every size is meas
   the dent, so residual ripple and noise push the 128 threshold towards the flat level and the mask spreads;
   two periods average four cells and bring the threshold close to half the dent's depth (measured on simulated
   dents: mask-vs-true-dent IoU 0.4-0.5 with one period, 0.7-0.9 with two, at 20 counts per column);
-* ``"mean"``: mean over three periods (the seed's 11 px window is about twice its 5 px one);
+* ``"mean"``: mean over three periods (the reference recipe's 11 px window is about twice its 5 px one);
 * ``"min"``: minimum over one period of the two-period mean (a minimum of raw counts is a noise extreme; after
   averaging it follows the background floor between columns, which a dent lowers too);
 * blur: sigma of one period.
 
-``scale="pixels"`` gives the seed's literal sizes (5, 7 and 11 px windows, no pre-averaging, blur sigma 1 px);
+``scale="pixels"`` gives the reference recipe's literal sizes (5, 7 and 11 px windows, no pre-averaging, blur sigma 1 px);
 ``window_px`` and ``blur_px`` override either. Windows are square, odd-sized (Chebyshev radius
 ``(size - 1) / 2``), with mirror reflection at the image border. Where the mask is: :func:`mask_region`
 (``mask >= threshold / 2``, the thresholded region before the blur). Limits: a slow additive background as
@@ -54,7 +54,7 @@ micrograph's (correlation >= 0.9 on simulated dents, tested). Two ways:
 * ``mode="scale"`` (default, physical): a dent scales intensity, so the target is scaled about the physical zero
   level ``z0`` by ``1 + amplitude * mask / 255 / (offset - z0)``: column peaks and background drop together, as
   in the micrograph, and the low-pass changes by exactly ``amplitude * mask / 255``;
-* ``mode="add"`` (the seed's literal "add the mask"): ``target + amplitude * mask / 255``; the same low-pass, but
+* ``mode="add"`` (the reference recipe's literal "add the mask"): ``target + amplitude * mask / 255``; the same low-pass, but
   the column contrast inside the dent is not reduced.
 """
 from __future__ import annotations
@@ -90,9 +90,9 @@ __all__ = [
 ]
 
 DENT_METHODS = ("seed", "min", "mean")
-#: The seed's literal window sizes in pixels (Chebyshev radius 2, 3 and 5).
+#: The reference recipe's literal window sizes in pixels (Chebyshev radius 2, 3 and 5).
 SEED_WINDOW_PX = {"seed": 5, "min": 7, "mean": 11}
-#: Blur sigma (px) used with ``scale="pixels"``; the seed does not give one, a 5 x 5 Gaussian kernel is ~1 px.
+#: Blur sigma (px) used with ``scale="pixels"``; the reference recipe does not give one, a 5 x 5 Gaussian kernel is ~1 px.
 SEED_BLUR_PX = 1.0
 #: Default window sizes in lattice periods (``scale="period"``).
 PERIOD_WINDOW = {"seed": 2.0, "min": 1.0, "mean": 3.0}
@@ -124,7 +124,7 @@ def window_mean(image: np.ndarray, size: int) -> np.ndarray:
 def window_min(image: np.ndarray, size: int) -> np.ndarray:
     """Step 2 (``"min"``): minimum over the ``size x size`` window centred on each pixel (mirror border).
 
-    ``size = 7`` is the seed's "value of the neighbour with the lowest value, at most 3 px away in Chebyshev
+    ``size = 7`` is the reference recipe's "value of the neighbour with the lowest value, at most 3 px away in Chebyshev
     distance". On a lattice it picks the background between columns, which a dent lowers too.
     """
     arr = as_real_image(image)
@@ -200,7 +200,7 @@ def dent_mask(
     picks the smoothing step (``"seed"`` window mean, ``"min"`` window minimum, ``"mean"`` wider window mean);
     ``polarity`` says whether dents are ``"dark"`` (thinner, the usual case) or ``"bright"``. With
     ``scale="period"`` (default) windows and blur follow the period (see the module docstring); with
-    ``scale="pixels"`` they are the seed's literal pixel sizes; ``window_px`` / ``blur_px`` override either.
+    ``scale="pixels"`` they are the reference recipe's literal pixel sizes; ``window_px`` / ``blur_px`` override either.
     ``threshold`` is on the 0-255 scale. Steps: subtract mean, smooth, orient by polarity, stretch to 0-255,
     zero values under the threshold, Gaussian blur.
     """

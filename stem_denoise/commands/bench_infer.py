@@ -9,7 +9,7 @@
 speed: one simulated-looking lattice micrograph of --size^2 px (float32, in memory) is denoised by
   * this project's pipeline (cyclegan.infer.denoise_array: whole-image normalisation, streamed resampling,
     tiles of 512 model px with the receptive-field overlap, batches, inference_mode, channels_last), and
-  * a naive loop, the way the seed stitched 5 x 5-atom crops: tiles of the training patch size (64 model px)
+  * a naive loop, the way the reference recipe stitched 5 x 5-atom crops: tiles of the training patch size (64 model px)
     with 50 % overlap and a Hann-window average, each tile normalised by its own percentiles, one tile at a
     time in fp32 under torch.no_grad, default memory format, whole-image arrays for the accumulation,
 and both are compared with the network run once on the whole image (PSNR, dB). Throughput is in megapixels of

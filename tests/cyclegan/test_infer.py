@@ -166,7 +166,7 @@ def test_no_seam_on_denoised_simulated_micrograph(trained):
     grid = TileGrid.plan(out.shape, tile=p["tile"], overlap=p["overlap"], margin=p["margin"], align=p["align"])
     for axis in (0, 1):
         assert abs(seam_ratio(out, grid, axis) - 1.0) <= 0.05
-    # the seed's way (5 x 5-atom crops side by side, each normalised on its own) fails the same measure
+    # the reference recipe's way (5 x 5-atom crops side by side, each normalised on its own) fails the same measure
     lo, hi = robust_range(r.noisy)
 
     def per_tile(batch):

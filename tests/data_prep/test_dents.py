@@ -1,4 +1,4 @@
-"""Dent masks (the seed's recipe, step by step), amplitude fit and dented targets, on known answers."""
+"""Dent masks (the reference recipe's recipe, step by step), amplitude fit and dented targets, on known answers."""
 from __future__ import annotations
 
 import numpy as np
@@ -197,7 +197,7 @@ def test_dented_target_reproduces_the_micrographs_lowpass(synthetic, shape_name,
 
 
 def test_windows_in_periods_are_needed_on_atomic_resolution_images():
-    """The seed's literal 5 px window leaves the lattice in the mask; a window of whole periods does not."""
+    """The reference recipe's literal 5 px window leaves the lattice in the mask; a window of whole periods does not."""
     r, x, _ = _dented_micrograph("elliptic", 1)
     t = r.thickness
     truth = t < 1.0 - 0.5 * (1.0 - t.min())

@@ -79,7 +79,7 @@ def test_rotation_by_270_clockwise_is_rot90():
     cell = PeriodicCell.from_tile(tile)
     mosaic = np.tile(tile, (6, 4))  # 42 x 44
     np.testing.assert_allclose(cell.render(mosaic.shape), mosaic, atol=1e-6)
-    # the seed's "270 degrees clockwise" is a quarter turn counter-clockwise: np.rot90
+    # the reference recipe's "270 degrees clockwise" is a quarter turn counter-clockwise: np.rot90
     turned = cell.render((44, 42), rotation_deg=-270.0, origin=(1.0, 0.0))
     np.testing.assert_allclose(turned, np.rot90(mosaic), atol=1e-6)
     half = cell.render((42, 44), rotation_deg=180.0, origin=(1.0, 1.0))
@@ -143,7 +143,7 @@ def test_patches_hold_n_atoms_whatever_the_zoom(zooms):
         sides[p] = _per_side(ap.patches, 12.8)  # found by the shared column finder in the patches
         assert abs(sides[p] - 5) <= 0.5, sides
     assert abs(sides[8.0] - sides[20.0]) <= 0.25
-    # the seed's failure, for contrast: plain 64 px crops hold 8 or 3.2 atoms per side
+    # the reference recipe's failure, for contrast: plain 64 px crops hold 8 or 3.2 atoms per side
     raw8 = np.stack([zooms[8.0][1][i:i + 64, i:i + 64] for i in (0, 100, 200)])
     assert _per_side(raw8, 8.0) > 7
 

@@ -124,7 +124,7 @@ def test_intensity_and_dent_fidelity_see_what_was_removed(sim):
     cols = truth_cols(sim)
     dented = simulate(lattice="hex", shape=(160, 160), dose=50, background_slow=0.0, seed=2,
                       dents=[Dent("gaussian", (80.0, 70.0), 60.0, 0.5)])
-    flat = dented.truth / dented.thickness  # dent removed: what the seed's stitched GAN did
+    flat = dented.truth / dented.thickness  # dent removed: what the reference recipe's stitched GAN did
     assert dent_fidelity(flat, dented.truth, dented.period_px) < 0.5
     assert dent_fidelity(dented.noisy, dented.truth, dented.period_px) > 0.95
     # Every column brought to one height: heavy/light contrast and dent contrast gone from the columns.
