@@ -17,7 +17,6 @@ architecture) becomes a :class:`~stem_denoise.common.errors.CheckpointError` wit
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import zipfile
@@ -149,7 +148,7 @@ def export_generator(path: str | os.PathLike, generator: nn.Module, gen_cfg: Gen
     obj = {
         "kind": GENERATOR_KIND,
         "version": FORMAT_VERSION,
-        "generator_config": dataclasses.asdict(gen_cfg),
+        "generator_config": gen_cfg.to_dict(),
         "state_dict": state,
         "info": dict(info),
     }
@@ -158,9 +157,7 @@ def export_generator(path: str | os.PathLike, generator: nn.Module, gen_cfg: Gen
 
 def generator_config_from_dict(d: Any, where: str = "generator_config") -> GeneratorConfig:
     """Build a GeneratorConfig from a plain dict, refusing unknown keys and wrong types (ConfigError)."""
-    from cyclegan.config import dataclass_from_dict
-
-    return dataclass_from_dict(GeneratorConfig, d, where)
+    return GeneratorConfig.from_dict(d, where)
 
 
 def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict]:

@@ -1,8 +1,10 @@
-"""Training configuration: typed dataclasses, two profiles, strict loading from JSON.
+"""Training configuration: typed pydantic models, two profiles, strict loading from JSON.
 
 A config file is a JSON object holding any subset of :class:`TrainConfig`'s fields (nested objects for
-``generator``, ``discriminator`` and ``dashboard``); it is laid over a profile (``default`` or ``quick``). An
-unknown key, a wrong type or a bad value raises :class:`~stem_denoise.common.errors.ConfigError` naming the key.
+``generator``, ``discriminator``, ``noise`` and ``dashboard``); it is laid over a profile (``default`` or
+``quick``). An unknown key, a wrong type or a bad value raises :class:`~stem_denoise.common.errors.ConfigError`
+naming the key (the configs are pydantic models, :mod:`stem_denoise.common.config`). A run folder holds the
+resolved ``config.json`` and its JSON schema ``config.schema.json`` (:func:`write_config_record`).
 
 Profiles:
 
@@ -20,17 +22,18 @@ Profiles:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from stem_denoise.common.errors import ConfigError
+from pydantic import Field, field_validator, model_validator
+
 from cyclegan.models import DiscriminatorConfig, GeneratorConfig
 from cyclegan.pairs import NoiseRanges
+from stem_denoise.common.atomic import atomic_write_bytes
+from stem_denoise.common.config import Config, Interval
+from stem_denoise.common.errors import ConfigError
 
 PROFILES = ("default", "quick", "classic", "classic-quick")
 
@@ -43,22 +46,16 @@ RUNTIME_FIELDS = frozenset({"steps", "log_every", "image_every", "checkpoint_eve
                             "num_workers", "device", "dashboard"})
 
 
-@dataclass(frozen=True)
-class DashboardConfig:
+class DashboardConfig(Config):
     """Live visdom dashboard (the JSONL log in the run folder is always written)."""
 
     enabled: bool = True
     server: str = "http://127.0.0.1"
-    port: int = 8097
+    port: int = Field(8097, ge=1, le=65535)
     env: str = "cyclegan"
 
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"dashboard.port must be in 1..65535, got {self.port}")
 
-
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Everything a training run depends on.
 
     Units: ``crop_px``, ``patch_px`` and ``period_px`` are pixels of the model's (patch) space;
@@ -82,84 +79,61 @@ class TrainConfig:
     """
 
     seed: int = 0
-    steps: int = 20000
-    batch_size: int = 16
-    crop_px: int | None = None
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    decay_start: float = 0.5
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
-    lambda_lowfreq: float = 5.0
-    lowfreq_sigma_periods: float = 1.0
-    pool_size: int = 50
+    steps: int = Field(20000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    crop_px: int | None = Field(None, ge=8)
+    lr: float = Field(2e-4, gt=0.0, lt=1.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    decay_start: float = Field(0.5, ge=0.0, le=1.0)
+    lambda_cycle: float = Field(10.0, ge=0.0)
+    lambda_identity: float = Field(0.5, ge=0.0)
+    lambda_lowfreq: float = Field(5.0, ge=0.0)
+    lowfreq_sigma_periods: float = Field(1.0, gt=0.0)
+    pool_size: int = Field(50, ge=0, le=10000)
     objective: Literal["classic", "stochastic"] = "classic"
     clean_source: Literal["synthetic", "trainB"] = "synthetic"
-    lambda_clean: float = 10.0
-    lambda_adv: float = 1.0
+    lambda_clean: float = Field(10.0, ge=0.0)
+    lambda_adv: float = Field(1.0, ge=0.0)
     scale_in_loop: bool = True
-    scale_jitter: float = 0.08
-    period_range: tuple[float, float] = (6.0, 40.0)
-    bank_size: int = 600
+    scale_jitter: float = Field(0.08, ge=0.0, le=0.5)
+    period_range: Interval(2.0, 200.0) = (6.0, 40.0)
+    bank_size: int = Field(600, ge=1, le=100000)
     scene_family: Literal["full", "simple"] = "full"
-    noise: NoiseRanges = field(default_factory=NoiseRanges)
+    noise: NoiseRanges = NoiseRanges()
     noise_source: Literal["auto", "ranges", "estimated"] = "auto"
-    noise_spread: float = 0.3
+    noise_spread: float = Field(0.3, ge=0.0, le=1.0)
     refine_noise: bool = False
-    lambda_noise_adv: float = 1.0
-    noise_lr_factor: float = 4.0
+    lambda_noise_adv: float = Field(1.0, ge=0.0)
+    noise_lr_factor: float = Field(4.0, gt=0.0, le=1000.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     device: str = "auto"
-    num_workers: int = 2
-    log_every: int = 10
-    image_every: int = 250
-    checkpoint_every: int = 500
+    num_workers: int = Field(2, ge=0)
+    log_every: int = Field(10, ge=1)
+    image_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
     keep_previous: bool = True
-    period_px: float | None = None
-    patch_px: int | None = None
-    atoms_per_patch: float | None = None
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    period_px: float | None = Field(None, gt=1.0)
+    patch_px: int | None = Field(None, ge=8)
+    atoms_per_patch: float | None = Field(None, gt=0.0)
+    generator: GeneratorConfig = GeneratorConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
-    def __post_init__(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not (v in ("auto", "cpu") or v.startswith("cuda")):
+            raise ValueError(f"must be 'auto', 'cpu' or 'cuda[:N]', got {v!r}")
+        return v
 
-        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.crop_px is None or self.crop_px >= 8, f"crop_px must be >= 8 or null, got {self.crop_px}")
-        need(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
-        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
-        need(0 <= self.decay_start <= 1, f"decay_start must be a fraction in [0, 1], got {self.decay_start}")
-        for name in ("lambda_cycle", "lambda_identity", "lambda_lowfreq"):
-            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        need(self.lowfreq_sigma_periods > 0, "lowfreq_sigma_periods must be > 0")
-        need(0 <= self.pool_size <= 10000, f"pool_size must be in 0..10000, got {self.pool_size}")
-        need(self.num_workers >= 0, "num_workers must be >= 0")
-        for name in ("log_every", "image_every", "checkpoint_every"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        need(self.period_px is None or self.period_px > 1, "period_px must be > 1 pixel")
-        need(self.patch_px is None or self.patch_px >= 8, "patch_px must be >= 8")
-        need(self.atoms_per_patch is None or self.atoms_per_patch > 0, "atoms_per_patch must be > 0")
-        need(self.lambda_clean >= 0 and self.lambda_adv >= 0, "lambda_clean and lambda_adv must be >= 0")
-        need(0 <= self.scale_jitter <= 0.5, f"scale_jitter must be in [0, 0.5], got {self.scale_jitter}")
-        lo, hi = self.period_range
-        need(2 <= lo <= hi <= 200, f"period_range must be [low, high] px with 2 <= low <= high <= 200, got "
-                                   f"{list(self.period_range)}")
-        need(1 <= self.bank_size <= 100000, f"bank_size must be in 1..100000, got {self.bank_size}")
-        need(0 <= self.noise_spread <= 1, f"noise_spread must be in [0, 1], got {self.noise_spread}")
-        need(self.lambda_noise_adv >= 0, f"lambda_noise_adv must be >= 0, got {self.lambda_noise_adv}")
-        need(0 < self.noise_lr_factor <= 1000, f"noise_lr_factor must be in (0, 1000], got {self.noise_lr_factor}")
-        need(not (self.noise_source == "estimated" and self.clean_source != "trainB"),
-             "noise_source 'estimated' needs clean_source 'trainB' (the estimates are in the units of the data "
-             "folder's patches)")
-        self.noise.validate()
+    @model_validator(mode="after")
+    def _estimates_need_data(self) -> "TrainConfig":
+        if self.noise_source == "estimated" and self.clean_source != "trainB":
+            raise ValueError("noise_source 'estimated' needs clean_source 'trainB' (the estimates are in the units "
+                             "of the data folder's patches)")
+        return self
 
 
 def profile_config(name: str = "default") -> TrainConfig:
@@ -190,107 +164,21 @@ def profile_config(name: str = "default") -> TrainConfig:
     raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
-def config_to_dict(cfg: Any) -> dict:
-    """Plain JSON-able dict of a (nested) config dataclass (tuples as lists, as JSON holds them)."""
-    return _plain(dataclasses.asdict(cfg))
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _check_value(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_value(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, "
-                          f"got {type(value).__name__} {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{where}: expected one of {list(choices)}, got {value!r}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if dataclasses.is_dataclass(tp):
-        return dataclass_from_dict(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {where}")
-
-
-def dataclass_from_dict(cls: type, data: Any, where: str = "config", base: Any = None) -> Any:
-    """Build dataclass ``cls`` from a plain dict, checking every key and type (ConfigError otherwise).
-
-    Keys missing from ``data`` take their value from ``base`` (an instance of ``cls``) or the class default;
-    nested dataclass fields are merged the same way.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                          f"known keys: {', '.join(fields)}")
-    kwargs = {}
-    for name in fields:
-        sub = f"{where}.{name}" if where != "config" else name
-        if name in data:
-            tp = hints[name]
-            if dataclasses.is_dataclass(tp):
-                kwargs[name] = dataclass_from_dict(tp, data[name], sub,
-                                                   base=getattr(base, name) if base is not None else None)
-            else:
-                kwargs[name] = _check_value(data[name], tp, sub)
-        elif base is not None:
-            kwargs[name] = getattr(base, name)
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+def config_to_dict(cfg: Config) -> dict:
+    """Plain JSON-able dict of a (nested) config (tuples as lists, as JSON holds them)."""
+    return cfg.to_dict()
 
 
 def config_from_dict(data: Any, base: TrainConfig | None = None) -> TrainConfig:
-    """A TrainConfig from a (possibly partial) dict laid over ``base`` (default profile if None)."""
-    return dataclass_from_dict(TrainConfig, data, "config", base=base if base is not None else TrainConfig())
+    """A TrainConfig from a (possibly partial) dict laid over ``base`` (the field defaults if None)."""
+    return TrainConfig.from_dict(data, base=base if base is not None else TrainConfig())
+
+
+def write_config_record(cfg: TrainConfig, out_dir: str | os.PathLike) -> None:
+    """Write ``config.json`` (the resolved config) and ``config.schema.json`` (its JSON schema) to a run folder."""
+    out_dir = Path(out_dir)
+    atomic_write_bytes(out_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode("utf-8"))
+    TrainConfig.write_schema(out_dir / "config.schema.json")
 
 
 def read_config_file(path: str | Path) -> dict:

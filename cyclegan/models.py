@@ -29,60 +29,36 @@ Design choices, and why:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from stem_denoise.common.errors import ConfigError
-
-_UPSAMPLE = ("bilinear", "nearest")
-_PADDING = ("reflect", "zeros")
+from stem_denoise.common.config import Config
 
 
-@dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(Config):
     """Generator architecture. ``width`` = channels at full resolution (doubled at each of ``n_down`` stride-2
     stages), ``n_blocks`` residual blocks at the lowest resolution, ``res_scale`` multiplies each residual
     branch, ``residual_output`` makes the network predict a correction added to its input."""
 
-    width: int = 32
-    n_blocks: int = 6
-    n_down: int = 1
-    res_scale: float = 0.2
+    width: int = Field(32, ge=1, le=1024)
+    n_blocks: int = Field(6, ge=0, le=64)
+    n_down: int = Field(1, ge=0, le=4)
+    res_scale: float = Field(0.2, gt=0.0, le=1.0)
     residual_output: bool = True
-    upsample: str = "bilinear"
-    padding: str = "reflect"
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.width <= 1024:
-            raise ConfigError(f"generator.width must be in 1..1024, got {self.width}")
-        if not 0 <= self.n_blocks <= 64:
-            raise ConfigError(f"generator.n_blocks must be in 0..64, got {self.n_blocks}")
-        if not 0 <= self.n_down <= 4:
-            raise ConfigError(f"generator.n_down must be in 0..4, got {self.n_down}")
-        if not 0.0 < self.res_scale <= 1.0:
-            raise ConfigError(f"generator.res_scale must be in (0, 1], got {self.res_scale}")
-        if self.upsample not in _UPSAMPLE:
-            raise ConfigError(f"generator.upsample must be one of {_UPSAMPLE}, got {self.upsample!r}")
-        if self.padding not in _PADDING:
-            raise ConfigError(f"generator.padding must be one of {_PADDING}, got {self.padding!r}")
+    upsample: Literal["bilinear", "nearest"] = "bilinear"
+    padding: Literal["reflect", "zeros"] = "reflect"
 
 
-@dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(Config):
     """PatchGAN architecture: ``n_layers`` stride-2 4 x 4 convolutions starting at ``width`` channels (doubled
     each layer, capped at ``8 * width``), then two stride-1 4 x 4 convolutions to a map of real/fake scores."""
 
-    width: int = 32
-    n_layers: int = 2
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.width <= 1024:
-            raise ConfigError(f"discriminator.width must be in 1..1024, got {self.width}")
-        if not 1 <= self.n_layers <= 6:
-            raise ConfigError(f"discriminator.n_layers must be in 1..6, got {self.n_layers}")
+    width: int = Field(32, ge=1, le=1024)
+    n_layers: int = Field(2, ge=1, le=6)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, padding_mode: str = "zeros") -> nn.Conv2d:

@@ -41,16 +41,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from cyclegan.infer import resample_operator
+from stem_denoise.common.config import Config, Interval
 
 MARGIN_MODEL_PX = 4  # model px cut off every side after resampling (the resampler's mirrored border)
 CORR_LIMIT = 0.45  # the largest |lag-1 correlation| of the noise layer
 
 
-@dataclass(frozen=True)
-class NoiseRanges:
+class NoiseRanges(Config):
     """Per-sample noise parameters, drawn uniformly (``dose`` log-uniformly) from these ranges.
 
     ``dose``: counts at a column peak; ``read_noise``: counts std; ``corr_row``/``corr_col``: lag-1 correlations
@@ -59,32 +60,13 @@ class NoiseRanges:
     noise-free (the identity term G(b) = b).
     """
 
-    dose: tuple[float, float] = (1.0, 60.0)
-    read_noise: tuple[float, float] = (0.0, 1.5)
-    corr_row: tuple[float, float] = (-0.3, 0.45)
-    corr_col: tuple[float, float] = (-0.3, 0.3)
-    white_frac: float = 0.25
-    row_offset: tuple[float, float] = (0.0, 0.04)
-    clean_frac: float = 0.05
-
-    def validate(self) -> None:
-        from stem_denoise.common.errors import ConfigError
-
-        for name in ("dose", "read_noise", "corr_row", "corr_col", "row_offset"):
-            lo, hi = getattr(self, name)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise ConfigError(f"noise.{name} must be [low, high] with low <= high, got {[lo, hi]}")
-        if self.dose[0] <= 0:
-            raise ConfigError("noise.dose must be > 0")
-        if self.read_noise[0] < 0 or self.row_offset[0] < 0:
-            raise ConfigError("noise.read_noise and noise.row_offset must be >= 0")
-        for name in ("corr_row", "corr_col"):
-            lo, hi = getattr(self, name)
-            if lo < -0.45 or hi > 0.45:
-                raise ConfigError(f"noise.{name} must lie within [-0.45, 0.45]")
-        for name in ("white_frac", "clean_frac"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"noise.{name} must be in [0, 1]")
+    dose: Interval(gt=0.0) = (1.0, 60.0)
+    read_noise: Interval(ge=0.0) = (0.0, 1.5)
+    corr_row: Interval(-CORR_LIMIT, CORR_LIMIT) = (-0.3, 0.45)
+    corr_col: Interval(-CORR_LIMIT, CORR_LIMIT) = (-0.3, 0.3)
+    white_frac: float = Field(0.25, ge=0.0, le=1.0)
+    row_offset: Interval(ge=0.0) = (0.0, 0.04)
+    clean_frac: float = Field(0.05, ge=0.0, le=1.0)
 
 
 def _u(gen: torch.Generator, lo: float, hi: float) -> float:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import random
@@ -57,13 +56,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from stem_denoise.common.atomic import atomic_write_bytes
+from stem_denoise.common.device import pick_device
 from stem_denoise.common.errors import CheckpointError, ConfigError, InputError
 from stem_denoise.common.precision import resolve_precision
 from cyclegan import losses
 from cyclegan.checkpoint import (FORMAT_VERSION, TRAIN_KIND, CheckpointWriteError, export_generator,
                                  safe_torch_load, save_checkpoint)
-from cyclegan.config import RUNTIME_FIELDS, TrainConfig, config_differences, config_to_dict
+from cyclegan.config import RUNTIME_FIELDS, TrainConfig, config_differences, config_to_dict, write_config_record
 from cyclegan.data import DataInfo, StepBatchSampler, UnpairedPatches, make_loader, read_data_info
 from cyclegan.models import build_discriminator, build_generator
 
@@ -112,18 +111,6 @@ def setup_distributed(device_pref: str) -> DistContext:
     if dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, initialized_here)
     return DistContext()
-
-
-def pick_device(pref: str, ctx: DistContext) -> torch.device:
-    if pref == "cpu":
-        return torch.device("cpu")
-    if pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {pref!r} requested but CUDA is not available")
-        return torch.device(pref if ":" in pref or not ctx.ddp else f"cuda:{ctx.local_rank}")
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{ctx.local_rank}")
-    return torch.device("cpu")
 
 
 def precision_for(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -563,7 +550,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | None, out_dir: str | o
 
 def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistContext, *, resume: bool, dashboard: Any,
            progress: bool, init: str | os.PathLike | None = None) -> dict:
-    device = pick_device(cfg.device, ctx)
+    device = pick_device(cfg.device, ctx.local_rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels
     stochastic = cfg.objective == "stochastic"
@@ -655,8 +642,7 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
                 "direction": "A2B", "lowfreq_sigma_px": model.lowpass.sigma_px, "objective": cfg.objective}
     if ctx.is_main:
         try:
-            atomic_write_bytes(out_dir / "config.json",
-                               (json.dumps(config_to_dict(cfg), indent=2) + "\n").encode("utf-8"))
+            write_config_record(cfg, out_dir)
         except OSError as exc:
             raise InputError(f"cannot write {out_dir / 'config.json'}: {exc.strerror or exc}") from None
     if noise_note:

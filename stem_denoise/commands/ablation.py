@@ -73,8 +73,6 @@ def write_unpaired_folders(root: Path, cfg, n: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import dataclasses
-
     from cyclegan.config import config_from_dict, profile_config
     from cyclegan.train import train
     from stem_denoise.evaluation.benchmark import BenchConfig, run_benchmark
@@ -96,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = out / "classic_data"
             if not (data / "manifest.json").exists():
                 write_unpaired_folders(data, base, args.n_patches)
-            cfg = config_from_dict({"generator": dataclasses.asdict(base.generator), "steps": args.steps,
+            cfg = config_from_dict({"generator": base.generator.to_dict(), "steps": args.steps,
                                     "crop_px": base.crop_px, "dashboard": {"enabled": False},
                                     "checkpoint_every": base.checkpoint_every},
                                    base=profile_config("classic-quick"))

@@ -99,12 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cyclegan.config import config_from_dict, profile_config
     from cyclegan.data import DataInfo, toy_lattice
     from cyclegan.models import ReferencePatchDiscriminator, ReferenceResnetGenerator
-    from cyclegan.train import CycleGAN, DistContext, pick_device, precision_for
+    from cyclegan.train import CycleGAN, precision_for
+    from stem_denoise.common.device import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = profile_config(args.profile)
-    device = pick_device(args.device, DistContext())
+    device = pick_device(args.device)
     cfg = config_from_dict({"device": str(device.type)}, base=cfg)
     patch = args.patch_px or cfg.crop_px or 64
     info = DataInfo(patch_px=patch, atoms_per_patch=patch / 12.8, period_px=12.8)

@@ -72,9 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cyclegan.checkpoint import load_generator
 
         net, _ = load_generator(args.init)
-        import dataclasses
-
-        cfg = config_from_dict({"generator": dataclasses.asdict(net.cfg)}, base=cfg)
+        cfg = config_from_dict({"generator": net.cfg.to_dict()}, base=cfg)
     summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress,
                     init=args.init if not args.resume else None)
     if summary["rank"] == 0:

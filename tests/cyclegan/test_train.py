@@ -59,6 +59,7 @@ def test_losses_finite_cycle_loss_falls_and_everything_logged(data, tmp_path):
     # run folder: resolved config, checkpoint, generator export with the atom scale
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text()) == config_to_dict(cfg)
+    assert set(json.loads((run / "config.schema.json").read_text())["properties"]) == set(config_to_dict(cfg))
     assert safe_torch_load(run / "last.pt")["step"] == 30
     g, info = load_generator(run / "generator.pt")
     assert info["period_px"] == pytest.approx(8.0) and info["patch_px"] == 24 and info["direction"] == "A2B"
