@@ -67,7 +67,6 @@ ratio are reported as warnings.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -76,15 +75,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
 import tifffile
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from scipy import ndimage, optimize
 from tqdm.auto import tqdm
 
-from stem_denoise.common.errors import ConfigError, InputError
+from stem_denoise.common.config import Config
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.jsonable import json_default
 from stem_denoise.common.resample import resample_image
 from data_prep import dents as _dents
 from data_prep.io import list_micrographs, read_micrograph, validate_image
@@ -119,8 +121,7 @@ _SYMMETRY_FOLD = {"square": 90.0, "perovskite": 90.0, "hex": 60.0}
 # ----------------------------------------------------------------------------------------------------------------
 # configuration
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class PrepConfig:
+class PrepConfig(Config):
     """Settings of :func:`prepare_dataset` (validated on creation; bad values raise :class:`ConfigError`).
 
     ``atoms``: lattice periods per patch side; ``patch_px``: patch side in pixels (the model's pixel space has
@@ -138,102 +139,60 @@ class PrepConfig:
     ``progress``: tqdm bar.
     """
 
-    atoms: int = 5
-    patch_px: int = 64
-    per_image: int = 200
-    test_frac: float = 0.1
-    angle: Any = "auto"
-    dents: int = 20
-    dent_method: str = "seed"
-    dent_polarity: str = "dark"
-    dent_scale: str = "period"
-    dent_mode: str = "scale"
-    dent_threshold: float = 128.0
-    dent_window_px: float | None = None
-    dent_blur_px: float | None = None
+    model_config = ConfigDict(frozen=False)
+
+    atoms: int = Field(5, ge=1)
+    patch_px: int = Field(64, ge=8)
+    per_image: int = Field(200, ge=1)
+    test_frac: float = Field(0.1, ge=0.0, lt=1.0)
+    angle: Literal["auto"] | float = "auto"
+    dents: int = Field(20, ge=0)
+    dent_method: Literal[_dents.DENT_METHODS] = "seed"
+    dent_polarity: Literal["dark", "bright"] = "dark"
+    dent_scale: Literal["period", "pixels"] = "period"
+    dent_mode: Literal["scale", "add"] = "scale"
+    dent_threshold: float = Field(128.0, ge=0.0, le=255.0)
+    dent_window_px: float | None = Field(None, ge=1.0)
+    dent_blur_px: float | None = Field(None, ge=0.0)
     match_intensity: bool = True
-    lo_pct: float = 0.5
-    hi_pct: float = 99.5
-    noise_max_pixels: int = 1 << 18
-    seed: int = 0
+    lo_pct: float = Field(0.5, ge=0.0, le=100.0)
+    hi_pct: float = Field(99.5, ge=0.0, le=100.0)
+    noise_max_pixels: int = Field(1 << 18, ge=48 * 48)
+    seed: int = Field(0, ge=0)
     overwrite: bool = False
     preview: bool = True
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        self.validate()
+    @field_validator("angle", mode="before")
+    @classmethod
+    def _angle(cls, value: Any) -> Any:
+        """``"auto"`` or a finite number of degrees (a string such as ``"90"`` is accepted)."""
+        if isinstance(value, str):
+            if value.strip().lower() == "auto":
+                return "auto"
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"must be 'auto' or a number of degrees, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be 'auto' or a number of degrees, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"must be finite, got {value!r}")
+        return float(value)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for any value that cannot work."""
-        for name in ("atoms", "patch_px", "per_image", "dents", "seed", "noise_max_pixels"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ConfigError(f"{name} must be an integer, got {v!r}")
-        if self.atoms < 1:
-            raise ConfigError(f"atoms must be >= 1, got {self.atoms}")
-        if self.patch_px < 8:
-            raise ConfigError(f"patch_px must be >= 8, got {self.patch_px}")
+    @model_validator(mode="after")
+    def _consistent(self) -> "PrepConfig":
         if self.patch_px / self.atoms < 4.0:
-            raise ConfigError(
-                f"patch_px / atoms = {self.patch_px / self.atoms:.2f} px per period is too few to resolve a column "
-                "(need >= 4)"
-            )
-        if self.per_image < 1:
-            raise ConfigError(f"per_image must be >= 1, got {self.per_image}")
-        if self.dents < 0:
-            raise ConfigError(f"dents must be >= 0, got {self.dents}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.noise_max_pixels < 48 * 48:
-            raise ConfigError(f"noise_max_pixels must be >= {48 * 48}, got {self.noise_max_pixels}")
-        if not isinstance(self.test_frac, (int, float)) or not 0.0 <= float(self.test_frac) < 1.0:
-            raise ConfigError(f"test_frac must be in [0, 1), got {self.test_frac!r}")
-        self.angle = parse_angle(self.angle)
-        if self.dent_method not in _dents.DENT_METHODS:
-            raise ConfigError(f"dent_method must be one of {_dents.DENT_METHODS}, got {self.dent_method!r}")
-        if self.dent_polarity not in ("dark", "bright"):
-            raise ConfigError(f"dent_polarity must be 'dark' or 'bright', got {self.dent_polarity!r}")
-        if self.dent_scale not in ("period", "pixels"):
-            raise ConfigError(f"dent_scale must be 'period' or 'pixels', got {self.dent_scale!r}")
-        if self.dent_mode not in ("scale", "add"):
-            raise ConfigError(f"dent_mode must be 'scale' or 'add', got {self.dent_mode!r}")
-        if not isinstance(self.dent_threshold, (int, float)) or not 0 <= float(self.dent_threshold) <= 255:
-            raise ConfigError(f"dent_threshold must be in [0, 255], got {self.dent_threshold!r}")
-        for name in ("dent_window_px", "dent_blur_px"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                  or not math.isfinite(v) or v < (1 if name == "dent_window_px" else 0)):
-                raise ConfigError(f"{name} must be a number of pixels (window >= 1, blur >= 0), got {v!r}")
-        if not (isinstance(self.lo_pct, (int, float)) and isinstance(self.hi_pct, (int, float))
-                and 0.0 <= self.lo_pct < self.hi_pct <= 100.0):
-            raise ConfigError(f"need 0 <= lo_pct < hi_pct <= 100, got {self.lo_pct!r}, {self.hi_pct!r}")
-        for name in ("match_intensity", "overwrite", "preview", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            raise ValueError(f"patch_px / atoms = {self.patch_px / self.atoms:.2f} px per period is too few to "
+                             "resolve a column (need >= 4)")
+        if not self.lo_pct < self.hi_pct:
+            raise ValueError(f"need lo_pct < hi_pct, got {self.lo_pct!r}, {self.hi_pct!r}")
+        return self
 
     @property
     def model_period_px(self) -> float:
         """Lattice period in the model's pixel space: ``patch_px / atoms``."""
         return self.patch_px / self.atoms
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def parse_angle(value: Any) -> str | float:
-    """``"auto"`` or a finite number of degrees (a string such as ``"90"`` is accepted); else ConfigError."""
-    if isinstance(value, str):
-        if value.strip().lower() == "auto":
-            return "auto"
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"angle must be 'auto' or a number of degrees, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ConfigError(f"angle must be 'auto' or a number of degrees, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise ConfigError(f"angle must be finite, got {value!r}")
-    return float(value)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1078,7 +1037,7 @@ def prepare_dataset(
             "warnings": warnings,
             "patches": patch_records,
         }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, default=_json_default))
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, default=json_default))
         if cfg.preview:
             _preview(staging / "preview.png", preview_a, preview_b,
                      _preview_panel(panel) if panel is not None else None)
@@ -1126,14 +1085,6 @@ def _noise_record(image: np.ndarray, period_px: float, lo: float, hi: float, sca
         warnings.append(f"{source}: noise model uncertain ({est.notes})")
     return {"normalised": normalised_noise(est, lo, hi), "raw": est.to_dict(), "period_px": float(period_px),
             "scale": [float(v) for v in scale]}
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON-able: {type(o).__name__}")
 
 
 def _safe_stem(path: str | os.PathLike) -> str:

@@ -25,16 +25,17 @@ The same parameters and seed always give the same output.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Literal, Sequence, Union
 
 import numpy as np
+from pydantic import ConfigDict, Discriminator, Field, Tag, model_validator
 
 from stem_denoise.common.atomic import atomic_write_bytes
+from stem_denoise.common.config import Config, Interval
 from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
 
@@ -62,8 +63,7 @@ _STREAMS = ("lattice", "defects", "dents", "scan", "background", "noise", "offse
 # ----------------------------------------------------------------------------------------------------------------
 # parameters
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class Dent:
+class Dent(Config):
     """One smooth thinner region of the specimen.
 
     ``shape``: "gaussian" (isotropic Gaussian profile, ``radius_px`` = 2 sigma), "elliptic" (flat-bottomed ellipse
@@ -75,55 +75,38 @@ class Dent:
     on the scale of the lattice; None means 1.5 lattice periods.
     """
 
-    shape: str = "gaussian"
+    model_config = ConfigDict(frozen=False)
+
+    shape: Literal[DENT_SHAPES] = "gaussian"
     center: tuple[float, float] = (0.0, 0.0)
-    radius_px: float = 50.0
-    depth: float = 0.3
-    aspect: float = 1.0
+    radius_px: float = Field(50.0, ge=0.0)
+    depth: float = Field(0.3, gt=0.0, lt=1.0)
+    aspect: float = Field(1.0, gt=0.0, le=1.0)
     angle_deg: float = 0.0
     wobble: tuple[float, ...] = ()  # irregular: relative radius amplitudes of harmonics 2, 3, ...
     phases: tuple[float, ...] = ()  # irregular: phases (rad) of those harmonics
-    edge_px: float | None = None  # least width of the rim (px); default 1.5 lattice periods
+    edge_px: float | None = Field(None, ge=0.0)  # least width of the rim (px); default 1.5 lattice periods
 
-    def validate(self) -> None:
-        if self.shape not in DENT_SHAPES:
-            raise ConfigError(f"dent shape must be one of {DENT_SHAPES}, got {self.shape!r}")
-        if not (0.0 < float(self.depth) < 1.0):
-            raise ConfigError(f"dent depth must be in (0, 1), got {self.depth}")
-        if self.shape != "ramp" and not float(self.radius_px) > 0:
-            raise ConfigError(f"dent radius_px must be > 0, got {self.radius_px}")
-        if not (0.0 < float(self.aspect) <= 1.0):
-            raise ConfigError(f"dent aspect must be in (0, 1], got {self.aspect}")
+    @model_validator(mode="after")
+    def _consistent(self) -> "Dent":
+        if self.shape != "ramp" and not self.radius_px > 0:
+            raise ValueError(f"dent radius_px must be > 0, got {self.radius_px}")
         if len(self.wobble) != len(self.phases):
-            raise ConfigError("dent wobble and phases must have the same length")
-        if self.edge_px is not None and not float(self.edge_px) >= 0:
-            raise ConfigError(f"dent edge_px must be >= 0, got {self.edge_px}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["center"] = [float(c) for c in self.center]
-        d["wobble"] = [float(v) for v in self.wobble]
-        d["phases"] = [float(v) for v in self.phases]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Dent":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown dent keys: {sorted(unknown)}")
-        d = dict(d)
-        for key in ("center", "wobble", "phases"):
-            if key in d:
-                d[key] = tuple(float(v) for v in d[key])
-        dent = cls(**d)
-        dent.validate()
-        return dent
+            raise ValueError("dent wobble and phases must have the same length")
+        return self
 
 
-@dataclass
-class SimParams:
-    """Parameters of one simulated micrograph (validated by :meth:`validate`, called by :func:`simulate`).
+def _dents_kind(value: object) -> str:
+    return "count-of-dents" if isinstance(value, int) else "list-of-dents"
+
+
+# ``dents``: a count of random dents, or the dents themselves (Dent objects or dicts).
+_DentsSpec = Annotated[Union[Annotated[int, Field(ge=0), Tag("count-of-dents")],
+                             Annotated[tuple[Dent, ...], Tag("list-of-dents")]], Discriminator(_dents_kind)]
+
+
+class SimParams(Config):
+    """Parameters of one simulated micrograph (validated on creation; a bad value raises :class:`ConfigError`).
 
     Geometry: ``lattice`` ("square", "rect", "hex" = triangular net of columns, "perovskite" = square cell with an
     A column at the corner and a weaker B column (weight ``b_weight``) at the centre, as ABO3 along [001]);
@@ -153,131 +136,61 @@ class SimParams:
     ``noise=False`` returns the truth as the noisy image. ``pixel_size_pm`` is written to the TIFFs.
     """
 
-    lattice: str = "square"
-    shape: tuple[int, int] = (512, 512)
-    period_px: float = 12.8
-    period2_px: float | None = None
+    model_config = ConfigDict(frozen=False)
+
+    lattice: Literal[LATTICES] = "square"
+    shape: tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]] = (512, 512)
+    period_px: float = Field(12.8, ge=2.0)
+    period2_px: float | None = Field(None, ge=2.0)
     angle_deg: float = 0.0
     origin: tuple[float, float] | None = None
-    probe_sigma_px: float | None = None
-    b_weight: float = 0.5
-    position_noise_px: float = 0.0
-    dose: float = 100.0
-    vacancy_frac: float = 0.0
-    heavy_frac: float = 0.0
-    heavy_factor: float = 1.6
-    light_frac: float = 0.0
-    light_factor: float = 0.6
-    dents: Any = 0
-    dent_shapes: tuple[str, ...] = ("gaussian", "elliptic", "irregular")
-    dent_depth: tuple[float, float] = (0.2, 0.5)
-    dent_radius_frac: tuple[float, float] = (0.08, 0.25)
-    background: float = 0.1
-    background_slow: float = 0.05
-    scan_jitter_px: float = 0.1
+    probe_sigma_px: float | None = Field(None, gt=0.0, le=50.0)
+    b_weight: float = Field(0.5, ge=0.0)
+    position_noise_px: float = Field(0.0, ge=0.0)
+    dose: float = Field(100.0, gt=0.0)
+    vacancy_frac: float = Field(0.0, ge=0.0, le=1.0)
+    heavy_frac: float = Field(0.0, ge=0.0, le=1.0)
+    heavy_factor: float = Field(1.6, ge=0.0)
+    light_frac: float = Field(0.0, ge=0.0, le=1.0)
+    light_factor: float = Field(0.6, ge=0.0)
+    dents: _DentsSpec = 0
+    dent_shapes: tuple[Literal[DENT_SHAPES], ...] = ("gaussian", "elliptic", "irregular")
+    dent_depth: Interval(gt=0.0, lt=1.0) = (0.2, 0.5)
+    dent_radius_frac: Interval(gt=0.0) = (0.08, 0.25)
+    background: float = Field(0.1, ge=0.0)
+    background_slow: float = Field(0.05, ge=0.0)
+    scan_jitter_px: float = Field(0.1, ge=0.0)
     drift_px: tuple[float, float] = (0.0, 0.0)
-    scan_sine_px: float = 0.0
-    scan_sine_rows: float = 64.0
-    tear_rate: float = 0.5
-    tear_shift_px: float = 2.0
-    tear_rows: int = 3
+    scan_sine_px: float = Field(0.0, ge=0.0)
+    scan_sine_rows: float = Field(64.0, gt=0.0)
+    tear_rate: float = Field(0.5, ge=0.0)
+    tear_shift_px: float = Field(2.0, ge=0.0)
+    tear_rows: int = Field(3, ge=1)
     noise: bool = True
-    read_noise: float = 0.5
-    noise_corr_row: float = 0.28
-    noise_corr_col: float = -0.1
-    row_offset: float = 0.01
-    gain: float = 1.0
+    read_noise: float = Field(0.5, ge=0.0)
+    noise_corr_row: float = Field(0.28, ge=-0.45, le=0.45)
+    noise_corr_col: float = Field(-0.1, ge=-0.45, le=0.45)
+    row_offset: float = Field(0.01, ge=0.0)
+    gain: float = Field(1.0, gt=0.0)
     quantize: bool = True
-    pixel_size_pm: float | None = 10.0
-    seed: int = 0
+    pixel_size_pm: float | None = Field(10.0, gt=0.0)
+    seed: int = Field(0, ge=0)
 
-    # -- validation ----------------------------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for any value a user could get wrong."""
-        if self.lattice not in LATTICES:
-            raise ConfigError(f"lattice must be one of {LATTICES}, got {self.lattice!r}")
-        try:
-            h, w = (int(v) for v in self.shape)
-        except (TypeError, ValueError):
-            raise ConfigError(f"shape must be (rows, cols), got {self.shape!r}") from None
-        if h < 8 or w < 8 or h != self.shape[0] or w != self.shape[1]:
-            raise ConfigError(f"shape must be two integers >= 8, got {self.shape!r}")
+    @model_validator(mode="after")
+    def _consistent(self) -> "SimParams":
+        h, w = self.shape
         if h * w > 16384 * 16384:
-            raise ConfigError(f"shape {self.shape} is too large")
-        _positive("period_px", self.period_px, minimum=2.0)
-        if self.period2_px is not None:
-            _positive("period2_px", self.period2_px, minimum=2.0)
-        if not math.isfinite(float(self.angle_deg)):
-            raise ConfigError("angle_deg must be finite")
-        if self.probe_sigma_px is not None:
-            _positive("probe_sigma_px", self.probe_sigma_px)
-            if self.probe_sigma_px > 50:
-                raise ConfigError(f"probe_sigma_px {self.probe_sigma_px} is unreasonably large (> 50 px)")
-        _nonneg("b_weight", self.b_weight)
-        _nonneg("position_noise_px", self.position_noise_px)
-        _positive("dose", self.dose)
-        for name in ("vacancy_frac", "heavy_frac", "light_frac"):
-            v = float(getattr(self, name))
-            if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {v}")
+            raise ValueError(f"shape {self.shape} is too large")
         if self.vacancy_frac + self.heavy_frac + self.light_frac > 1.0:
-            raise ConfigError("vacancy_frac + heavy_frac + light_frac must be <= 1")
-        _nonneg("heavy_factor", self.heavy_factor)
-        _nonneg("light_factor", self.light_factor)
-        for s in self.dent_shapes:
-            if s not in DENT_SHAPES:
-                raise ConfigError(f"dent_shapes entries must be in {DENT_SHAPES}, got {s!r}")
-        lo, hi = self.dent_depth
-        if not 0.0 < lo <= hi < 1.0:
-            raise ConfigError(f"dent_depth must satisfy 0 < lo <= hi < 1, got {self.dent_depth}")
-        lo, hi = self.dent_radius_frac
-        if not 0.0 < lo <= hi:
-            raise ConfigError(f"dent_radius_frac must satisfy 0 < lo <= hi, got {self.dent_radius_frac}")
-        if isinstance(self.dents, bool):
-            raise ConfigError("dents must be a count or a list of dents")
-        if isinstance(self.dents, (int, np.integer)):
-            if self.dents < 0:
-                raise ConfigError("dents must be >= 0")
-            if self.dents and not self.dent_shapes:
-                raise ConfigError("dent_shapes is empty")
-        else:
-            for d in self._dent_list():
-                d.validate()
-        _nonneg("background", self.background)
-        _nonneg("background_slow", self.background_slow)
-        _nonneg("scan_jitter_px", self.scan_jitter_px)
-        _nonneg("scan_sine_px", self.scan_sine_px)
-        _positive("scan_sine_rows", self.scan_sine_rows)
-        _nonneg("tear_rate", self.tear_rate)
-        _nonneg("tear_shift_px", self.tear_shift_px)
-        if int(self.tear_rows) < 1:
-            raise ConfigError("tear_rows must be >= 1")
-        if len(tuple(self.drift_px)) != 2 or not all(math.isfinite(float(v)) for v in self.drift_px):
-            raise ConfigError(f"drift_px must be (rows, cols), got {self.drift_px!r}")
+            raise ValueError("vacancy_frac + heavy_frac + light_frac must be <= 1")
+        if isinstance(self.dents, int) and self.dents and not self.dent_shapes:
+            raise ValueError("dent_shapes is empty")
         if abs(self.drift_px[0]) >= 0.5 * h:
-            raise ConfigError("drift_px[0] must be smaller than half the image height")
-        _nonneg("read_noise", self.read_noise)
-        for name in ("noise_corr_row", "noise_corr_col"):
-            v = float(getattr(self, name))
-            if not -0.45 <= v <= 0.45:
-                raise ConfigError(f"{name} must be in [-0.45, 0.45], got {v}")
-        _nonneg("row_offset", self.row_offset)
-        _positive("gain", self.gain)
-        if self.pixel_size_pm is not None:
-            _positive("pixel_size_pm", self.pixel_size_pm)
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise ValueError("drift_px[0] must be smaller than half the image height")
+        return self
 
     def _dent_list(self) -> list[Dent]:
-        out = []
-        for d in self.dents:
-            if isinstance(d, Dent):
-                out.append(d)
-            elif isinstance(d, dict):
-                out.append(Dent.from_dict(d))
-            else:
-                raise ConfigError(f"dents must be a count or a list of Dent/dict, got {type(d).__name__}")
-        return out
+        return [] if isinstance(self.dents, int) else list(self.dents)
 
     # -- derived values ------------------------------------------------------------------------------------------
     def resolved_period2(self) -> float:
@@ -293,62 +206,13 @@ class SimParams:
             shortest = self.period_px / math.sqrt(2.0)
         return max(0.8, 0.11 * shortest)
 
-    def to_dict(self) -> dict:
-        """JSON-able dict of the parameters as given."""
-        d = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name == "dents" and not isinstance(v, (int, np.integer)):
-                v = [x.to_dict() for x in self._dent_list()]
-            d[f.name] = _jsonable(v)
-        return d
-
     @classmethod
-    def from_dict(cls, d: dict) -> "SimParams":
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k != "derived"}  # what simulate() recorded about the result
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown simulation parameters: {sorted(unknown)}")
-        for key in ("shape", "origin", "drift_px", "dent_shapes", "dent_depth", "dent_radius_frac"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        if isinstance(d.get("dents"), list):
-            d["dents"] = tuple(Dent.from_dict(x) if isinstance(x, dict) else x for x in d["dents"])
-        return cls(**d)
-
-
-def _positive(name: str, value, minimum: float = 0.0) -> None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0 or v < minimum:
-        raise ConfigError(f"{name} must be > {max(minimum, 0.0):g}, got {value!r}")
-
-
-def _nonneg(name: str, value) -> None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise ConfigError(f"{name} must be >= 0, got {value!r}")
-
-
-def _jsonable(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (tuple, list)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    return v
+    def from_dict(cls, d: dict, where: str = "", base: "SimParams | None" = None) -> "SimParams":
+        """Inverse of :meth:`to_dict` (also reads the ``params`` record of a saved simulation, whose ``derived``
+        entry says what :func:`simulate` found); an unknown key or a bad value raises :class:`ConfigError`."""
+        if isinstance(d, dict):
+            d = {k: v for k, v in d.items() if k != "derived"}
+        return super().from_dict(d, where, base)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -663,8 +527,7 @@ def simulate(params: SimParams | None = None, **overrides) -> SimResult:
     ``overrides`` replace fields of ``params`` (or of the defaults), e.g. ``simulate(dose=5, lattice="hex")``.
     Deterministic for given parameters and seed.
     """
-    p = dataclasses.replace(params, **overrides) if params is not None else SimParams(**overrides)
-    p.validate()
+    p = params.replace(**overrides) if params is not None else SimParams(**overrides)
     h, w = int(p.shape[0]), int(p.shape[1])
     ss = np.random.SeedSequence(int(p.seed))
     rngs = dict(zip(_STREAMS, (np.random.default_rng(s) for s in ss.spawn(len(_STREAMS)))))

@@ -51,24 +51,49 @@ def test_params_round_trip_through_json_reproduce_the_image():
 
 
 @pytest.mark.parametrize(
-    "bad",
+    "bad,expected",
     [
-        dict(lattice="cubic"),
-        dict(dose=-1.0),
-        dict(period_px=1.0),
-        dict(shape=(4, 100)),
-        dict(vacancy_frac=0.7, heavy_frac=0.5),
-        dict(dents=[Dent("gaussian", (10, 10), 5, depth=1.5)]),
-        dict(dents=[{"shape": "blob"}]),
-        dict(noise_corr_row=0.8),
-        dict(dent_shapes=("square",), dents=1),
-        dict(seed=-1),
+        (dict(lattice="cubic"), "lattice: expected one of 'square', 'rect', 'hex' or 'perovskite', got 'cubic'"),
+        (dict(dose=-1.0), "dose must be > 0.0, got -1.0"),
+        (dict(dose="5"), "dose: expected a number, got str '5'"),
+        (dict(period_px=1.0), "period_px must be >= 2.0, got 1.0"),
+        (dict(shape=(4, 100)), "shape[0] must be >= 8, got 4"),
+        (dict(shape=(64.5, 64)), "shape[0]: expected an integer, got float 64.5"),
+        (dict(vacancy_frac=0.7, heavy_frac=0.5), "vacancy_frac + heavy_frac + light_frac must be <= 1"),
+        (dict(dents=[{"shape": "gaussian", "center": [10, 10], "radius_px": 5, "depth": 1.5}]),
+         "dents[0].depth must be < 1.0, got 1.5"),
+        (dict(dents=[{"shape": "blob"}]), "dents[0].shape: expected one of"),
+        (dict(dents=[{"shape": "gaussian", "size": 3}]), "dents[0]: unknown key 'size'"),
+        (dict(dents=True), "dents: expected an integer, got bool True"),
+        (dict(noise_corr_row=0.8), "noise_corr_row must be <= 0.45, got 0.8"),
+        (dict(dent_shapes=("square",), dents=1), "dent_shapes[0]: expected one of"),
+        (dict(dent_depth=(0.5, 0.2)), "dent_depth must be [low, high] with low <= high"),
+        (dict(seed=-1), "seed must be >= 0, got -1"),
+        (dict(angle_deg=float("inf")), "angle_deg: expected a finite number"),
+        (dict(dose_max=3), "unknown key 'dose_max'; known keys: lattice, shape,"),
     ],
 )
-def test_bad_parameters_raise_config_error(bad):
-    with pytest.raises(ConfigError):
+def test_bad_parameters_raise_one_line_config_error_naming_the_key(bad, expected):
+    with pytest.raises(ConfigError) as info:
         simulate(**{"shape": (64, 64), **bad})
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError) as again:
+        SimParams.from_dict({"shape": [64, 64], **bad})
+    assert str(again.value) == str(info.value)
     assert issubclass(ConfigError, InputError)
+
+
+def test_dents_are_checked_when_made_and_params_when_changed():
+    with pytest.raises(ConfigError, match=r"^depth must be < 1.0, got 1.5$"):
+        Dent("gaussian", (10, 10), 5, depth=1.5)
+    with pytest.raises(ConfigError, match="wobble and phases"):
+        Dent("irregular", wobble=(0.1,))
+    p = SimParams(shape=(64, 64), dents=1)
+    with pytest.raises(ConfigError, match=r"^dose must be > 0.0, got 0.0$"):
+        p.dose = 0.0
+    assert p.dose == 100.0 and p.replace(seed=3).seed == 3 and p.seed == 0
+    schema = SimParams.model_json_schema()
+    assert schema["additionalProperties"] is False and schema["properties"]["dose"]["exclusiveMinimum"] == 0
 
 
 def test_dose_is_the_expected_count_at_a_nominal_column_peak():
