@@ -18,12 +18,13 @@ import time
 
 import numpy as np
 
+from stem_denoise.common.device import pick_device
 from stem_denoise.common.errors import InputError
 from stem_denoise.common.precision import describe_precision
 from data_prep.io import validate_image
 from data_prep.normalize import denormalize, normalize, robust_range
 from dip_baseline.net import SkipNetConfig
-from dip_baseline.optimize import SR_SCALES, TASKS, dip_precision, fit_dip, resolve_device
+from dip_baseline.optimize import SR_SCALES, TASKS, dip_precision, fit_dip
 from dip_baseline.presets import DEFAULT_PRESET, DipPreset, DipSettings, get_preset
 from dip_baseline.stopping import STOP_RULES
 
@@ -101,7 +102,7 @@ def dip_denoise(image: np.ndarray, *, preset: str | DipPreset = DEFAULT_PRESET, 
             raise InputError(f"max_steps must be a positive integer, got {max_steps!r}")
         base = base.replace(max_steps=int(max_steps))
     cfg = base.replace(stop=stop)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     dip_precision(precision, dev, cfg)  # a bad name fails before any work
 
     if not hasattr(image, "ndim") or not hasattr(image, "dtype"):

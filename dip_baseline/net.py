@@ -17,13 +17,14 @@ a sigmoid (the reference implementation's choice, ``output="sigmoid"``) would cl
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import AfterValidator, Field, model_validator
 from torch import nn
 
+from stem_denoise.common.config import Config, plain_input
 from stem_denoise.common.errors import ConfigError
 
 ACTIVATIONS = ("leaky_relu", "relu", "swish", "mish")
@@ -33,81 +34,66 @@ PADS = ("reflection", "zero")
 OUTPUTS = ("linear", "sigmoid")
 
 
-def _as_levels(value, depth: int, name: str) -> tuple[int, ...]:
-    """Broadcast an int to ``depth`` levels or check a sequence has ``depth`` entries."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be an int or a list of ints, not {value!r}")
-    if isinstance(value, int):
-        return (value,) * depth
-    try:
-        values = tuple(value)
-    except TypeError as exc:
-        raise ConfigError(f"{name} must be an int or a list of ints, not {value!r}") from exc
-    if len(values) != depth or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"{name} must have {depth} integer entries (one per level), got {value!r}")
-    return values
+def _odd(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError(f"must be odd, got {k}")
+    return k
 
 
-@dataclass(frozen=True)
-class SkipNetConfig:
+_Kernels = tuple[Annotated[int, Field(ge=1), AfterValidator(_odd)], ...] | int
+_LEVEL_FIELDS = ("up_channels", "skip_channels", "down_kernel", "up_kernel", "skip_kernel")
+
+
+class SkipNetConfig(Config):
     """Architecture of the DIP skip network (all sizes in pixels or filters).
 
     ``down_channels``, ``up_channels``, ``skip_channels`` and the kernel sizes are given per level, from the
-    full-resolution level down; a single int is used for every level. ``depth`` defaults to the length of
-    ``down_channels``.
+    full-resolution level down; a single int is used for every level (the config holds the per-level tuple).
+    ``depth`` is the length of ``down_channels``; ``up_channels`` None means the same as ``down_channels``.
     """
 
-    down_channels: tuple[int, ...] = (128, 128, 128, 128, 128)
-    up_channels: tuple[int, ...] | None = None  # None: same as down_channels
-    skip_channels: tuple[int, ...] | int = 4
-    down_kernel: tuple[int, ...] | int = 3
-    up_kernel: tuple[int, ...] | int = 3
-    skip_kernel: tuple[int, ...] | int = 1
-    activation: str = "leaky_relu"
-    leaky_slope: float = 0.2
-    downsample: str = "stride"
-    upsample: str = "bilinear"
-    input_channels: int = 32
-    output_channels: int = 1
-    pad: str = "reflection"
+    down_channels: tuple[Annotated[int, Field(ge=1)], ...] = (128, 128, 128, 128, 128)
+    up_channels: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    skip_channels: tuple[Annotated[int, Field(ge=0)], ...] | int = 4
+    down_kernel: _Kernels = 3
+    up_kernel: _Kernels = 3
+    skip_kernel: _Kernels = 1
+    activation: Literal[ACTIVATIONS] = "leaky_relu"
+    leaky_slope: float = Field(0.2, ge=0.0, lt=1.0)
+    downsample: Literal[DOWNSAMPLES] = "stride"
+    upsample: Literal[UPSAMPLES] = "bilinear"
+    input_channels: int = Field(32, ge=1)
+    output_channels: int = Field(1, ge=1)
+    pad: Literal[PADS] = "reflection"
     need_1x1_up: bool = True
     bias: bool = True
-    output: str = "linear"
+    output: Literal[OUTPUTS] = "linear"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.down_channels, (int, str)) or not hasattr(self.down_channels, "__len__"):
-            raise ConfigError(f"down_channels must list the filters of each level, got {self.down_channels!r}")
-        down = _as_levels(self.down_channels, len(self.down_channels), "down_channels")
+    @model_validator(mode="before")
+    @classmethod
+    def _per_level(cls, data: Any) -> Any:
+        """Broadcast a single int to every level; every per-level tuple must have one entry per level."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: plain_input(v) for k, v in data.items()}
+        down = data.get("down_channels", cls.model_fields["down_channels"].default)
+        if not isinstance(down, tuple):
+            raise ValueError(f"down_channels must list the filters of each level, got {down!r}")
         depth = len(down)
-        if depth < 1 or depth > 8:
-            raise ConfigError(f"the skip network needs 1 to 8 levels, got {depth}")
-        up = down if self.up_channels is None else _as_levels(self.up_channels, depth, "up_channels")
-        skip = _as_levels(self.skip_channels, depth, "skip_channels")
-        kd = _as_levels(self.down_kernel, depth, "down_kernel")
-        ku = _as_levels(self.up_kernel, depth, "up_kernel")
-        ks = _as_levels(self.skip_kernel, depth, "skip_kernel")
-        for name, vals, lo in (("down_channels", down, 1), ("up_channels", up, 1), ("skip_channels", skip, 0)):
-            if any(v < lo for v in vals):
-                raise ConfigError(f"{name} entries must be >= {lo}, got {vals}")
-        for name, vals in (("down_kernel", kd), ("up_kernel", ku), ("skip_kernel", ks)):
-            if any(v < 1 or v % 2 == 0 for v in vals):
-                raise ConfigError(f"{name} entries must be odd and >= 1, got {vals}")
-        for name, value, allowed in (("activation", self.activation, ACTIVATIONS),
-                                     ("downsample", self.downsample, DOWNSAMPLES),
-                                     ("upsample", self.upsample, UPSAMPLES), ("pad", self.pad, PADS),
-                                     ("output", self.output, OUTPUTS)):
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if self.input_channels < 1 or self.output_channels < 1:
-            raise ConfigError("input_channels and output_channels must be >= 1")
-        if not 0.0 <= float(self.leaky_slope) < 1.0:
-            raise ConfigError(f"leaky_slope must be in [0, 1), got {self.leaky_slope}")
-        object.__setattr__(self, "down_channels", down)
-        object.__setattr__(self, "up_channels", up)
-        object.__setattr__(self, "skip_channels", skip)
-        object.__setattr__(self, "down_kernel", kd)
-        object.__setattr__(self, "up_kernel", ku)
-        object.__setattr__(self, "skip_kernel", ks)
+        if not 1 <= depth <= 8:
+            raise ValueError(f"the skip network needs 1 to 8 levels, got {depth}")
+        if data.get("up_channels") is None:
+            data["up_channels"] = down
+        for name in _LEVEL_FIELDS:
+            value = data.get(name, cls.model_fields[name].default)
+            if isinstance(value, bool) or not isinstance(value, (int, tuple)):
+                raise ValueError(f"{name} must be an int or a list of ints, got {value!r}")
+            if isinstance(value, int):
+                value = (value,) * depth
+            if len(value) != depth:
+                raise ValueError(f"{name} must have {depth} entries (one per level), got {list(value)}")
+            data[name] = value
+        return data
 
     @property
     def depth(self) -> int:
@@ -128,17 +114,6 @@ class SkipNetConfig:
         m = self.multiple
         return max(self.min_size(), m * math.ceil(n / m))
 
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SkipNetConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"unknown skip-network settings: {', '.join(sorted(unknown))}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
-
     def replace(self, **changes) -> "SkipNetConfig":
         """A copy with ``changes``; per-level fields that are uniform follow a new depth."""
         new_down = changes.get("down_channels")
@@ -149,7 +124,7 @@ class SkipNetConfig:
             for name in ("skip_channels", "down_kernel", "up_kernel", "skip_kernel"):
                 if name not in changes:
                     changes[name] = self._uniform(name)
-        return dataclasses.replace(self, **changes)
+        return super().replace(**changes)
 
     def _uniform(self, name: str) -> int:
         values = set(getattr(self, name))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from stem_denoise.common.device import pick_device
 from stem_denoise.common.errors import InputError
 from stem_denoise.common.precision import describe_precision, resolve_precision
 from dip_baseline.lanczos import LanczosDownsampler
@@ -52,23 +53,6 @@ class DipRun:
     loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
     psnr_history: np.ndarray | None = None
     variance_history: np.ndarray | None = None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` picks CUDA when available, else the CPU; an unavailable CUDA device is an InputError."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but CUDA is not available")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device must be cpu or cuda, got {device!r}")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
-    return dev
 
 
 def _grad_scaler(enabled: bool):
@@ -350,7 +334,7 @@ def fit_dip(target: np.ndarray, net_cfg: SkipNetConfig, settings: DipSettings, *
     target, mask, scale, truth = _check_inputs(target, task, mask, scale, truth)
     if settings.stop == "oracle" and truth is None:
         raise InputError("the oracle stopping rule needs a truth image")
-    dev = resolve_device(device)
+    dev = pick_device(device)
     dip_precision(precision, dev, settings)  # a bad name fails before any work
     h, w = target.shape
     oh, ow = h * scale, w * scale

@@ -16,9 +16,11 @@ The output layer is linear in every preset (see :mod:`dip_baseline.net`).
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from typing import Literal
 
+from pydantic import Field
+
+from stem_denoise.common.config import Config
 from stem_denoise.common.errors import ConfigError
 from dip_baseline.net import SkipNetConfig
 from dip_baseline.stopping import AUTO_RULES, STOP_RULES, HoldoutConfig, WMVConfig
@@ -26,8 +28,7 @@ from dip_baseline.stopping import AUTO_RULES, STOP_RULES, HoldoutConfig, WMVConf
 DEFAULT_PRESET = "light"
 
 
-@dataclass(frozen=True)
-class DipSettings:
+class DipSettings(Config):
     """Optimisation settings (steps count optimiser updates; intensities are in normalised units).
 
     ``input_scale``: the fixed code z is uniform in [0, input_scale]. ``input_noise_std``: Gaussian
@@ -37,47 +38,22 @@ class DipSettings:
     CUDA or under bf16 autocast.
     """
 
-    lr: float = 0.01
-    max_steps: int = 3000
-    input_scale: float = 0.1
-    input_noise_std: float = 1.0 / 30.0
-    ema: float = 0.99
-    stop: str = "auto"
-    auto_rule: str = "holdout"
-    wmv: WMVConfig = field(default_factory=WMVConfig)
-    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    lr: float = Field(0.01, gt=0.0)
+    max_steps: int = Field(3000, ge=1)
+    input_scale: float = Field(0.1, gt=0.0)
+    input_noise_std: float = Field(1.0 / 30.0, ge=0.0)
+    ema: float = Field(0.99, ge=0.0, lt=1.0)
+    stop: Literal[STOP_RULES] = "auto"
+    auto_rule: Literal[AUTO_RULES] = "holdout"
+    wmv: WMVConfig = WMVConfig()
+    holdout: HoldoutConfig = HoldoutConfig()
     amp: bool = True
     channels_last: bool = True
 
-    def __post_init__(self) -> None:
-        if isinstance(self.wmv, dict):
-            object.__setattr__(self, "wmv", WMVConfig(**self.wmv))
-        if isinstance(self.holdout, dict):
-            object.__setattr__(self, "holdout", HoldoutConfig(**self.holdout))
-        if self.auto_rule not in AUTO_RULES:
-            raise ConfigError(f"auto_rule must be one of {', '.join(AUTO_RULES)}; got {self.auto_rule!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"the learning rate must be > 0, got {self.lr}")
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ConfigError(f"the number of steps must be a positive integer, got {self.max_steps!r}")
-        if not self.input_scale > 0:
-            raise ConfigError(f"input_scale must be > 0, got {self.input_scale}")
-        if self.input_noise_std < 0:
-            raise ConfigError(f"input_noise_std must be >= 0, got {self.input_noise_std}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
-        if self.stop not in STOP_RULES:
-            raise ConfigError(f"stop must be one of {', '.join(STOP_RULES)}; got {self.stop!r}")
 
-    def replace(self, **changes) -> "DipSettings":
-        return dataclasses.replace(self, **changes)
+class DipPreset(Config):
+    """A named recipe: the network and the optimisation settings."""
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class DipPreset:
     name: str
     net: SkipNetConfig
     settings: DipSettings

@@ -36,32 +36,23 @@ normalised units of the optimisation.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator, model_validator
 
-from stem_denoise.common.errors import ConfigError
+from stem_denoise.common.config import Config
 
 STOP_RULES = ("auto", "fixed", "oracle")
 AUTO_RULES = ("wmv", "holdout")
 
 
-@dataclass(frozen=True)
-class WMVConfig:
+class WMVConfig(Config):
     """Settings of the ES-WMV rule, in optimisation steps."""
 
-    window: int = 100
-    patience: int = 300
-    min_steps: int = 0  # no stop is declared before this step
-
-    def __post_init__(self) -> None:
-        if int(self.window) < 2:
-            raise ConfigError(f"the variance window must be >= 2 steps, got {self.window}")
-        if int(self.patience) < 1:
-            raise ConfigError(f"the patience must be >= 1 step, got {self.patience}")
-        if int(self.min_steps) < 0:
-            raise ConfigError(f"min_steps must be >= 0, got {self.min_steps}")
+    window: int = Field(100, ge=2)
+    patience: int = Field(300, ge=1)
+    min_steps: int = Field(0, ge=0)  # no stop is declared before this step
 
 
 class WindowedVarianceStopper:
@@ -123,8 +114,7 @@ class WindowedVarianceStopper:
         return np.asarray(self.history, dtype=np.float64)
 
 
-@dataclass(frozen=True)
-class HoldoutConfig:
+class HoldoutConfig(Config):
     """Settings of the self-validation rule (sizes in pixels, patience in steps).
 
     One ``block`` (rows, cols; odd) of pixels per ``spacing`` x ``spacing`` px cell is left out of the data term;
@@ -133,23 +123,24 @@ class HoldoutConfig:
     Blocks never touch each other.
     """
 
-    spacing: int = 6
+    spacing: int = Field(6, ge=2)
     block: tuple[int, int] = (1, 3)
-    patience: int = 200
-    min_steps: int = 0
+    patience: int = Field(200, ge=1)
+    min_steps: int = Field(0, ge=0)
     refit: bool = True  # second pass on all pixels up to the chosen step
 
-    def __post_init__(self) -> None:
-        block = tuple(int(b) for b in self.block)
-        object.__setattr__(self, "block", block)
-        if len(block) != 2 or any(b < 1 or b % 2 == 0 for b in block):
-            raise ConfigError(f"the held-out block must be two odd sizes >= 1, got {self.block}")
-        if int(self.spacing) < max(block) + 1:
-            raise ConfigError(f"the held-out spacing must exceed the block size, got {self.spacing}")
-        if int(self.patience) < 1:
-            raise ConfigError(f"the patience must be >= 1 step, got {self.patience}")
-        if int(self.min_steps) < 0:
-            raise ConfigError(f"min_steps must be >= 0, got {self.min_steps}")
+    @field_validator("block")
+    @classmethod
+    def _odd_block(cls, block: tuple[int, int]) -> tuple[int, int]:
+        if any(b < 1 or b % 2 == 0 for b in block):
+            raise ValueError(f"must be two odd sizes >= 1, got {list(block)}")
+        return block
+
+    @model_validator(mode="after")
+    def _spacing(self) -> "HoldoutConfig":
+        if self.spacing < max(self.block) + 1:
+            raise ValueError(f"spacing must exceed the held-out block size, got {self.spacing}")
+        return self
 
 
 def holdout_pixels(known: np.ndarray, cfg: HoldoutConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

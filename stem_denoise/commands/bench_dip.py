@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     from stem_denoise.common.atomic import atomic_path, atomic_write_bytes
     from dip_baseline.api import dip_denoise, psnr_db
     from dip_baseline.net import count_macs
-    from dip_baseline.optimize import fit_dip, resolve_device
+    from dip_baseline.optimize import fit_dip
+    from stem_denoise.common.device import pick_device
     from dip_baseline.presets import get_preset
     from data_prep.normalize import normalize, robust_range
 
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         if args.threads < 1:
             raise InputError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    device = resolve_device(None if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     progress = not args.quiet
     results: dict = {"device": str(device), "threads": torch.get_num_threads(), "size": args.size}
     print(f"device {device}, {torch.get_num_threads()} torch thread(s), image {args.size}x{args.size} px")

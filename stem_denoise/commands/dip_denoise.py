@@ -22,6 +22,7 @@ from pathlib import Path
 
 from stem_denoise.common.cli import ArgumentParser, nonneg_int, positive_int, run_main
 from stem_denoise.common.errors import InputError
+from stem_denoise.common.jsonable import json_default
 
 
 def _scale(text: str) -> int:
@@ -92,7 +93,8 @@ def main(argv=None) -> int:
     from stem_denoise.common.atomic import atomic_write_bytes
     from data_prep.io import list_micrographs, read_micrograph, read_micrograph_meta, write_micrograph
     from dip_baseline.api import dip_denoise
-    from dip_baseline.optimize import dip_precision, resolve_device
+    from dip_baseline.optimize import dip_precision
+    from stem_denoise.common.device import pick_device
 
     if args.task == "inpaint" and args.mask is None:
         raise InputError("--task inpaint needs --mask FILE")
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
         raise InputError(f"--scale only applies to --task sr (task is {args.task})")
     if args.stop == "oracle" and args.truth is None:
         raise InputError("--stop oracle needs --truth FILE")
-    device = resolve_device(None if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     dip_precision(args.precision, device)  # bf16 on a GPU without it: one line before any work
 
     files = list_micrographs(args.inputs)
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
                        "pixel_size": out_meta.pixel_size, "unit": out_meta.unit})
         if args.truth is not None:
             record["truth"] = str(args.truth)
-        text = json.dumps(_finite(record), indent=2, default=_json_default, allow_nan=False)
+        text = json.dumps(_finite(record), indent=2, default=json_default, allow_nan=False)
         atomic_write_bytes(rec_path, (text + "\n").encode(), overwrite=True)
         where = (f"result of step {record['stop_step']}, {record['steps_run']} steps run"
                  if record.get("tiles") == 1 else f"{record['tiles']} tiles, {record['steps_run']} steps in all")
@@ -182,18 +184,6 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _json_default(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON-able: {type(obj).__name__}")
 
 
 if __name__ == "__main__":
