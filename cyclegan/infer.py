@@ -52,6 +52,7 @@ import torch
 from scipy import sparse
 from torch import nn
 
+from stem_denoise.common.device import pick_device
 from stem_denoise.common.errors import InputError
 from stem_denoise.common.precision import autocast, describe_precision, resolve_precision
 from stem_denoise.common.resample import _Operator, resample_operator
@@ -159,23 +160,6 @@ class _BackResampler:
 
 
 # ----------------------------------------------------------------------------------------------- network side
-
-
-def pick_device(name: str | None = "auto") -> torch.device:
-    """``"auto"`` -> the local CUDA device (``LOCAL_RANK`` under torchrun) if there is one, else the CPU."""
-    if name in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {name!r}: {exc}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:K")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 def measure_receptive_field(generator: nn.Module, *, start: int = 96, limit: int = 1024) -> int:
