@@ -24,6 +24,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "the whole pipeline end to end on simulated data"),
     "model-card": ("model_card", "measure a generator export and write its model card"),
     "ablation": ("ablation", "train and benchmark the objective's ablation variants"),
+    "finetune-study": ("finetune_study", "steps saved by fine-tuning the shipped model vs training from scratch"),
     "bench-infer": ("bench_infer", "inference speed and memory benchmark"),
     "bench-train": ("bench_train", "training throughput benchmark"),
     "bench-dip": ("bench_dip", "DIP speed benchmark"),
