@@ -15,3 +15,10 @@ class ConfigError(InputError):
 
 class CheckpointError(InputError):
     """A checkpoint that is missing, truncated, unsafe, or of another kind or architecture."""
+
+
+class MetadataWarning(UserWarning):
+    """Metadata that was read but not believed (an absurd pixel size, say): ignored, never written back.
+
+    Scripts print it as one ``warning: ...`` line on stderr (see :func:`stem_denoise.common.cli.run_main`).
+    """
