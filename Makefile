@@ -17,6 +17,8 @@ $(STAMP): requirements.txt requirements-dev.txt constraints-build.txt pyproject.
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools<82" wheel
 	$(PY) -m pip install -q -r requirements-dev.txt
+	# the optional dm extra (RosettaSciIO + h5py: DM3/DM4 and Velox EMD), so the instrument-format tests run
+	$(PY) -m pip install -q rosettasciio h5py
 	PIP_BUILD_CONSTRAINT= PIP_CONSTRAINT= $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

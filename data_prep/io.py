@@ -33,8 +33,12 @@ A typical streaming use (the tile and the accumulation are the caller's business
             out[r:r + 1024] = process(np.asarray(src[r:r + 1024], dtype=np.float32))
             release_memmap_pages(src); release_memmap_pages(out)
 
-Readers for DM3/DM4/EMD need the optional extra ``pip install "stem-denoise[dm]"`` (RosettaSciIO,
-GPL-3, never a requirement). Files are recognised by their first bytes, not only their name.
+Readers for DM3/DM4/EMD need the optional extra ``pip install "stem-denoise[dm]"`` (RosettaSciIO, GPL-3,
+never a requirement; and h5py, which Velox EMD files need); a missing piece is named in the error. Files are
+recognised by their first bytes, not only their name.
+
+Pixel sizes are believed only when finite, positive and between 0.1 pm and 1 mm (:func:`plausible_pixel_size`);
+others are dropped with a one-line :class:`~stem_denoise.common.errors.MetadataWarning` and never written back.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ import mmap
 import os
 import struct
 import tempfile
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +59,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from stem_denoise.common.atomic import atomic_path
-from stem_denoise.common.errors import InputError
+from stem_denoise.common.atomic import atomic_path, free_space, reserve_space
+from stem_denoise.common.errors import InputError, MetadataWarning
 
 __all__ = [
     "MICROGRAPH_SUFFIXES",
@@ -69,13 +74,16 @@ __all__ = [
     "create_output_memmap",
     "temporary_memmap",
     "release_memmap_pages",
+    "is_memmap",
     "canonical_length_unit",
+    "plausible_pixel_size",
+    "PIXEL_SIZE_RANGE_M",
 ]
 
 MICROGRAPH_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".dm3", ".dm4", ".emd")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _RSCIIO_SUFFIXES = (".dm3", ".dm4", ".emd")
-DM_EXTRA_HINT = 'pip install "stem-denoise[dm]" (or: pip install rosettasciio)'
+DM_EXTRA_HINT = 'pip install "stem-denoise[dm]" (or: pip install rosettasciio h5py)'
 
 # Rows are converted and checked in blocks of about this many pixels, so that temporaries stay small.
 _CHUNK_PIXELS = 1 << 22
@@ -86,6 +94,9 @@ _CLASSIC_TIFF_LIMIT = 2**32 - 2**25
 # Resolution tags in inch or centimetre that give a pixel larger than this (in metres) are a print
 # resolution (72 dpi), not a scan's pixel size.
 _PRINT_RESOLUTION_M = 1e-5
+# Pixel sizes outside this range (metres) are not a micrograph's: 0.1 pm to 1 mm. They are ignored on reading
+# (with a MetadataWarning) and never written.
+PIXEL_SIZE_RANGE_M = (1e-13, 1e-3)
 # Rec. 709 luma weights used by convert_rgb (the same as scikit-image's rgb2gray, to 4 digits).
 _LUMA = (0.2126, 0.7152, 0.0722)
 # Largest decompression ratio each TIFF compression can reach (deflate: 1032:1; PackBits: 64:1;
@@ -130,6 +141,27 @@ def _nice_length(value_m: float) -> tuple[float, str]:
     if value_m < 1e-3:
         return value_m / 1e-6, "um"
     return value_m / 1e-3, "mm"
+
+
+def plausible_pixel_size(value: Any, unit: str | None) -> bool:
+    """True when ``value`` ``unit`` is a finite, positive length within :data:`PIXEL_SIZE_RANGE_M` (0.1 pm to
+    1 mm): the pixel size of a micrograph rather than a corrupt or foreign value."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    cu = canonical_length_unit(unit)
+    if cu is None or not math.isfinite(v) or v <= 0:
+        return False
+    metres = v * cu[1] * _UNIT_M[cu[0]]
+    return PIXEL_SIZE_RANGE_M[0] <= metres <= PIXEL_SIZE_RANGE_M[1]
+
+
+def _shown_length(value: Any, unit: str | None) -> str:
+    try:
+        return f"{float(value):.4g} {unit or ''}".strip()
+    except (TypeError, ValueError):
+        return f"{value!r} {unit or ''}".strip()
 
 
 @dataclass
@@ -278,6 +310,11 @@ def _is_memmap(a: Any) -> bool:
     return getattr(a, "_mmap", None) is not None
 
 
+def is_memmap(a: Any) -> bool:
+    """True for a memory-mapped array (as :func:`open_micrograph_memmap` returns)."""
+    return _is_memmap(a)
+
+
 # --------------------------------------------------------------------------------------------------
 # validation
 
@@ -336,6 +373,9 @@ def validate_image(image: np.ndarray, *, min_size: int | Sequence[int] | None = 
         raise InputError(
             f"{prefix}has {n_bad} NaN/Inf pixel(s) (first at row {first_bad[0]}, column {first_bad[1]})"
         )
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and max(abs(vmin), abs(vmax)) > _F32_MAX:
+        raise InputError(f"{prefix}holds values up to {max(abs(vmin), abs(vmax)):.3g}, beyond the range of 32-bit "
+                         f"floats (+-{_F32_MAX:.3g}) used for processing; rescale the image (e.g. to counts)")
     if vmin == vmax:
         raise InputError(f"{prefix}is constant (every pixel is {vmin:g}); there is nothing to denoise")
 
@@ -607,6 +647,12 @@ def _probe_tiff(path: Path, file_size: int, eager: bool = False) -> _Probe:
                 if not tif.series:
                     raise InputError(f"{path}: holds no image")
                 series = tif.series[0]
+                if len(tif.series) > 1:
+                    sizes = ", ".join("x".join(str(int(v)) for v in sr.shape) for sr in tif.series[:4])
+                    more = ", ..." if len(tif.series) > 4 else ""
+                    raise InputError(
+                        f"{path}: holds {len(tif.series)} separate images ({sizes}{more}); only the first would "
+                        f"be read and the others dropped: save each image as its own file")
                 if getattr(series, "levels", None) and len(series.levels) > 1:
                     series = series.levels[0]
                 dtype = series.dtype
@@ -831,6 +877,19 @@ def _probe_npy(path: Path, file_size: int) -> _Probe:
 # ---- DM3 / DM4 / EMD through RosettaSciIO
 
 
+def _missing_reader(path: Path, suffix: str, exc: ImportError) -> InputError:
+    """The error for a reader that cannot be imported, naming the missing package as what it is."""
+    missing = (getattr(exc, "name", None) or "").split(".")[0]
+    if missing in ("", "rsciio"):
+        return InputError(
+            f"{path}: reading {suffix} files needs the optional RosettaSciIO reader (GPL-3), which is not "
+            f"installed: {DM_EXTRA_HINT}")
+    what = {"h5py": "h5py (the HDF5 library EMD files are written in)"}.get(missing, f"the package {missing}")
+    return InputError(
+        f"{path}: reading {suffix} files needs {what}, which is not installed (RosettaSciIO is): "
+        f'pip install "stem-denoise[dm]" (or: pip install {missing})')
+
+
 def _probe_rsciio(path: Path, kind: str) -> _Probe:
     suffix = path.suffix.lower() or f".{kind}"
     try:
@@ -838,12 +897,12 @@ def _probe_rsciio(path: Path, kind: str) -> _Probe:
             from rsciio.digitalmicrograph import file_reader
         else:
             from rsciio.emd import file_reader
-    except ImportError:
-        raise InputError(
-            f"{path}: reading {suffix} files needs the optional RosettaSciIO reader (GPL-3): {DM_EXTRA_HINT}"
-        ) from None
+    except ImportError as exc:
+        raise _missing_reader(path, suffix, exc) from None
     try:
         signals = file_reader(str(path))
+    except ImportError as exc:  # a reader's own dependency, imported when it is first needed
+        raise _missing_reader(path, suffix, exc) from None
     except Exception as exc:
         text = " ".join(str(exc).split())
         raise InputError(f"{path}: RosettaSciIO could not read it ({type(exc).__name__}: {text})") from None
@@ -935,8 +994,7 @@ def _check_rgb(probe: _Probe, convert_rgb: bool) -> None:
     if probe.samples > 1 and not convert_rgb:
         kind = {2: "a grey+alpha", 3: "an RGB", 4: "an RGBA"}.get(probe.samples, f"a {probe.samples}-channel")
         raise InputError(
-            f"{probe.path}: is {kind} image; micrographs are single-channel (pass convert_rgb=True to use "
-            f"its luminance)"
+            f"{probe.path}: is {kind} image; micrographs are single-channel: save it as a greyscale image"
         )
 
 
@@ -949,21 +1007,53 @@ def _meta_from(probe: _Probe, frame: int, convert_rgb: bool) -> MicrographMeta:
         extra["converted_from_rgb"] = bool(convert_rgb)
         extra["samples"] = probe.samples
     src = np.dtype(probe.dtype)
+    px, unit = probe.pixel_size, probe.unit
+    source = extra.get("pixel_size_source", "the file")
+    span = "0.1 pm and 1 mm"
+    if px is not None and not plausible_pixel_size(px, unit):
+        msg = (f"{probe.path}: pixel size {_shown_length(px, unit)} (from {source}) is not a positive length "
+               f"between {span}; it is ignored and the output carries no pixel size")
+        warnings.warn(msg, MetadataWarning, stacklevel=3)
+        extra.setdefault("warnings", []).append(msg)
+        extra["pixel_size_ignored"] = _shown_length(px, unit)
+        extra.pop("pixel_size_y", None)
+        px = unit = None
+    if px is not None and "pixel_size_y" in extra and not plausible_pixel_size(extra["pixel_size_y"], unit):
+        msg = (f"{probe.path}: pixel height {_shown_length(extra['pixel_size_y'], unit)} (from {source}) is not a "
+               f"positive length between {span}; square pixels of {_shown_length(px, unit)} are assumed")
+        warnings.warn(msg, MetadataWarning, stacklevel=3)
+        extra.setdefault("warnings", []).append(msg)
+        extra["pixel_size_y_ignored"] = _shown_length(extra.pop("pixel_size_y"), unit)
     return MicrographMeta(
         source_dtype=src.name,
-        pixel_size=probe.pixel_size,
-        unit=probe.unit,
+        pixel_size=px,
+        unit=unit,
         path=probe.path,
         shape=(probe.height, probe.width),
         extra=extra,
     )
 
 
-def _as_float32(raw: np.ndarray) -> np.ndarray:
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(block: np.ndarray, name: Any) -> None:
+    """Refuse samples whose magnitude float32 cannot hold (they would turn into Inf)."""
+    if block.dtype.kind != "f" or block.dtype.itemsize <= 4 or not block.size:
+        return
+    with np.errstate(invalid="ignore"):
+        big = float(np.nanmax(np.abs(block))) if not np.isnan(block).all() else 0.0
+    if big > _F32_MAX:
+        raise InputError(f"{name}: holds values up to {big:.3g}, beyond the range of 32-bit floats "
+                         f"(+-{_F32_MAX:.3g}) used for processing; rescale the image (e.g. to counts)")
+
+
+def _as_float32(raw: np.ndarray, name: Any = "image") -> np.ndarray:
     """Convert (H, W) or (H, W, S) samples to a new C-contiguous (H, W) float32 array, in row blocks.
 
     Multi-channel samples become Rec. 709 luminance of the first three channels (alpha ignored; a
-    grey+alpha image keeps its grey channel).
+    grey+alpha image keeps its grey channel). float64 values beyond float32's range raise
+    :class:`InputError` (``name`` starts the message) instead of turning into Inf.
     """
     h, w = int(raw.shape[0]), int(raw.shape[1])
     ch = int(raw.shape[2]) if raw.ndim == 3 else 1
@@ -972,6 +1062,7 @@ def _as_float32(raw: np.ndarray) -> np.ndarray:
     mapped = _is_memmap(raw)
     for r in range(0, h, step):
         block = raw[r:r + step]
+        _check_float32_range(np.asarray(block), name)
         if raw.ndim == 2:
             out[r:r + step] = block
         elif ch < 3:
@@ -1012,7 +1103,7 @@ def read_micrograph(
         raw = raw[..., 0]
     if raw.dtype == np.bool_:
         raw = raw.view(np.uint8)
-    image = _as_float32(raw)
+    image = _as_float32(raw, probe.path)
     del raw
     meta = _meta_from(probe, k, convert_rgb)
     if validate:
@@ -1087,13 +1178,13 @@ def _tiff_kwargs(shape: tuple[int, int], dtype: np.dtype, meta: MicrographMeta |
     """tifffile.imwrite keywords: ImageJ format (Fiji reads the unit) where it can hold the data."""
     nbytes = shape[0] * shape[1] * dtype.itemsize
     px = unit = None
-    if meta is not None and meta.pixel_size is not None and meta.unit is not None:
+    # only a plausible pixel size is written (0.1 pm to 1 mm, finite, positive): never a corrupt one
+    if meta is not None and meta.pixel_size is not None and plausible_pixel_size(meta.pixel_size, meta.unit):
         cu = canonical_length_unit(meta.unit)
-        if cu is not None and meta.pixel_size > 0 and math.isfinite(meta.pixel_size):
-            px, unit = float(meta.pixel_size) * cu[1], cu[0]
+        px, unit = float(meta.pixel_size) * cu[1], cu[0]
     pxy = None
-    if px is not None and meta is not None and meta.extra.get("pixel_size_y"):
-        with contextlib.suppress(TypeError, ValueError):
+    if px is not None and meta is not None and meta.extra.get("pixel_size_y") is not None:
+        if plausible_pixel_size(meta.extra["pixel_size_y"], meta.unit):
             pxy = float(meta.extra["pixel_size_y"]) * canonical_length_unit(meta.unit)[1]
     if px is not None and not (2.0**-24 < 1.0 / px < 2.0**31):
         # TIFF resolutions are 32-bit rationals: restate an odd unit (1e-11 m) as a fitting one (0.01 nm)
@@ -1102,6 +1193,8 @@ def _tiff_kwargs(shape: tuple[int, int], dtype: np.dtype, meta: MicrographMeta |
         pxy = None if pxy is None else pxy * scale / _UNIT_M[unit]
         if not (2.0**-24 < 1.0 / px < 2.0**31):
             px = unit = pxy = None
+    if pxy is not None and not (2.0**-24 < 1.0 / pxy < 2.0**31):
+        pxy = None  # a pixel height the resolution tag cannot hold next to this width: square pixels
     kw: dict = {"photometric": "minisblack"}
     if dtype.name in _IMAGEJ_DTYPES and nbytes < _CLASSIC_TIFF_LIMIT:
         kw["imagej"] = True
@@ -1146,6 +1239,17 @@ def _convert_block(block: np.ndarray, dtype: np.dtype, path: Any) -> np.ndarray:
     return block.astype(dtype)
 
 
+def _write_error(path: Path, exc: OSError, nbytes: int) -> InputError:
+    """One line for a failed write; a full disk is called that (tifffile reports a short write without errno)."""
+    import errno
+
+    free = free_space(path.parent if str(path.parent) else Path("."))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or (exc.errno is None and free is not None and free < nbytes):
+        have = f", {_gib(free)} free" if free is not None else ""
+        return InputError(f"{path}: not enough disk space: it needs {_gib(nbytes)}{have}")
+    return InputError(f"{path}: could not be written ({exc.strerror or exc})")
+
+
 def write_micrograph(
     path: str | os.PathLike,
     image: np.ndarray,
@@ -1164,7 +1268,8 @@ def write_micrograph(
     JSON description with the exact pixel size. Files of 4 GiB and more become BigTIFF. The image is
     converted and written in row strips, so a memmap of any size is written with little memory.
     The file appears complete or not at all; an existing file raises :class:`InputError` unless
-    ``overwrite=True``, and so does an output folder that is missing or not writable.
+    ``overwrite=True``, and so does an output folder that is missing or not writable, or a disk without
+    room for the file (the space of a large, memory-mapped output is reserved before any pixel is written).
     """
     import tifffile
 
@@ -1187,6 +1292,8 @@ def write_micrograph(
                 tifffile.imwrite(tmp, data, **kw)
             else:
                 mm = tifffile.memmap(tmp, shape=shape, dtype=out_dtype, **kw)
+                # a memory-mapped write that runs out of disk space dies of SIGBUS: claim the space first
+                reserve_space(tmp, os.path.getsize(tmp), name=p)
                 step = _row_block(shape[1])
                 for r in range(0, shape[0], step):
                     mm[r:r + step] = _convert_block(np.asarray(a[r:r + step]), out_dtype, p)
@@ -1199,7 +1306,7 @@ def write_micrograph(
     except InputError:
         raise
     except OSError as exc:
-        raise InputError(f"{p}: could not be written ({exc.strerror or exc})") from None
+        raise _write_error(p, exc, nbytes) from None
     return p
 
 
@@ -1238,13 +1345,15 @@ def create_output_memmap(
         with atomic_path(p, overwrite=overwrite) as tmp:
             mm = tifffile.memmap(tmp, shape=(h, w), dtype=out_dtype, **kw)
             try:
+                # writing a memory map on a full disk is a SIGBUS: claim the whole file's space up front
+                reserve_space(tmp, os.path.getsize(tmp), name=p)
                 yield mm
                 mm.flush()
             finally:
                 release_memmap_pages(mm)
                 del mm
     except OSError as exc:
-        raise InputError(f"{p}: could not be written ({exc.strerror or exc})") from None
+        raise _write_error(p, exc, h * w * out_dtype.itemsize) from None
 
 
 @contextlib.contextmanager

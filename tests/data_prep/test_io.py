@@ -330,7 +330,7 @@ def test_rgb_is_refused_unless_converted_to_luminance(tmp_path, decode_path):
     np.save(tmp_path / "rgb.npy", rgb)
     lum = (rgb.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722])).astype(np.float32)
     for name in ("rgb.tif", "rgba.tif", "rgb.png", "rgba.png", "rgb.npy"):
-        with pytest.raises(InputError, match=r"RGBA? image.*convert_rgb=True"):
+        with pytest.raises(InputError, match=r"RGBA? image.*save it as a greyscale image"):
             read_micrograph(tmp_path / name)
         back, m = read_micrograph(tmp_path / name, convert_rgb=True)
         np.testing.assert_allclose(back, lum, rtol=1e-6, err_msg=name)
@@ -419,9 +419,15 @@ def test_truncated_stacks_and_tiles(tmp_path, decode_path):
 
 
 def test_undecodable_data(tmp_path, decode_path):
-    # LZW and JPEG need the optional imagecodecs package; the message says so
+    # LZW and JPEG need the optional imagecodecs package; without it the message says so, with it the damaged
+    # LZW stream is reported as undecodable
     (tmp_path / "lzw.tif").write_bytes(tiff_bytes(4, 4, b"\x80" * 40, compression=5))
-    with pytest.raises(InputError, match=r"lzw\.tif: its compression needs the imagecodecs package"):
+    try:
+        import imagecodecs  # noqa: F401
+        expected = r"lzw\.tif: could not decode the image data"
+    except ImportError:
+        expected = r"lzw\.tif: its compression needs the imagecodecs package"
+    with pytest.raises(InputError, match=expected):
         read_micrograph(tmp_path / "lzw.tif")
     (tmp_path / "bad.tif").write_bytes(tiff_bytes(4, 4, b"not a deflate stream", compression=8))
     with pytest.raises(InputError, match=r"bad\.tif: could not decode the image data"):
@@ -627,7 +633,7 @@ def test_failure_inside_the_writer_leaves_no_partial_file(tmp_path, monkeypatch)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tifffile, "imwrite", broken_imwrite)
-    with pytest.raises(InputError, match=r"new\.tif: could not be written \(No space left on device\)"):
+    with pytest.raises(InputError, match=r"new\.tif: not enough disk space"):
         write_micrograph(tmp_path / "new.tif", noisy())
     with pytest.raises(InputError):
         write_micrograph(tmp_path / "keep.tif", noisy(), overwrite=True)
