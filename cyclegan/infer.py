@@ -71,10 +71,14 @@ __all__ = [
     "output_path_for",
     "shard",
     "denoise_files",
+    "check_period",
+    "PERIOD_TOLERANCE",
     "SCALE_SNAP",
 ]
 
 SCALE_SNAP = 0.02  # |scale - 1| below this: no resampling
+PERIOD_TOLERANCE = 0.15  # a given period further than this from the measured one is refused
+MIN_PERIOD_PX = 2.0  # below this no lattice is resolved at all
 DEFAULT_TILE = 512  # model px
 DEFAULT_BATCH = {"cuda": 16, "cpu": 1}  # on CPU a second tile only adds cache misses
 RAMP_PX = 8  # blending ramp beyond the two margins: tiles agree exactly there, the ramp only hides bf16 rounding
@@ -298,18 +302,55 @@ def make_tile_fn(generator: nn.Module, device: torch.device, *, tta: bool = Fals
 # ----------------------------------------------------------------------------------------------- whole pipeline
 
 
-def _measure_period(image) -> float:
+def _measure_lattice_period(image) -> float:
+    """Primary lattice period (px) of the central crop of ``image``; InputError when no lattice is found."""
     from data_prep.lattice import measure_lattice
 
     h, w = image.shape
     side = LATTICE_CROP
     r0, c0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
     crop = np.asarray(image[r0:r0 + side, c0:c0 + side], dtype=np.float32)
+    return float(measure_lattice(crop).period_px)
+
+
+def _measure_period(image) -> float:
     try:
-        info = measure_lattice(crop)
+        return _measure_lattice_period(image)
     except InputError as exc:
         raise InputError(f"cannot measure the lattice period ({exc}); give it with --period") from None
-    return float(info.period_px)
+
+
+def check_period(image, period_px: float, *, force: bool = False, name: str = "image") -> tuple[float, str | None]:
+    """Check a user-given lattice period (px of ``image``) against the lattice measured on the image.
+
+    Returns ``(period_px, note)``. Where the lattice can be measured and the two disagree by more than
+    :data:`PERIOD_TOLERANCE` (15 %), :class:`InputError` names both values, unless ``force`` (then the given value
+    is used and ``note`` says so). Where the lattice cannot be measured the given value is used and ``note`` says
+    that. A period that cannot fit two lattice periods into the image (or is under 2 px) is refused even with
+    ``force``: no lattice can be seen at that scale.
+    """
+    given = float(period_px)
+    h, w = (int(v) for v in image.shape)
+    if not (math.isfinite(given) and given > 0):
+        raise InputError(f"{name}: the lattice period must be a positive number of px, got {period_px}")
+    if given < MIN_PERIOD_PX or given > min(h, w) / 2:
+        raise InputError(f"{name}: the given lattice period {given:g} px (--period) does not fit this {w}x{h} px "
+                         f"image (a period must be at least {MIN_PERIOD_PX:g} px and at most half the image's "
+                         f"shorter side, {min(h, w) / 2:g} px); check its value and unit")
+    try:
+        measured = _measure_lattice_period(image)
+    except InputError as exc:
+        return given, (f"{name}: the lattice could not be measured ({' '.join(str(exc).split())}); "
+                       f"using the given period {given:g} px")
+    off = abs(given / measured - 1.0)
+    if off > PERIOD_TOLERANCE:
+        if force:
+            return given, (f"{name}: the given period {given:g} px differs from the measured {measured:.2f} px by "
+                           f"{100 * off:.0f} %; used as given (--force-period)")
+        raise InputError(f"{name}: the given lattice period {given:g} px (--period) disagrees with the measured "
+                         f"{measured:.2f} px by {100 * off:.0f} % (more than {100 * PERIOD_TOLERANCE:.0f} %); check "
+                         f"the value and its unit (px of this image), or pass --force-period to use it anyway")
+    return given, None
 
 
 def _robust_range(image) -> tuple[float, float]:
@@ -436,10 +477,16 @@ def shard(files: list, rank: int, world_size: int) -> list:
     return list(files)[rank::world_size]
 
 
+class BusyOutput(InputError):
+    """Another live run is writing this output right now (its temporary file is locked)."""
+
+
 def _remove_stale_temps(out_path: Path) -> None:
-    for tmp in out_path.parent.glob(f".{out_path.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    """Remove temporary files a killed run left for ``out_path``; BusyOutput when a live run is writing it."""
+    from stem_denoise.common.atomic import remove_stale_temps
+
+    if remove_stale_temps(out_path):
+        raise BusyOutput(f"{out_path} is being written by another run")
 
 
 def denoise_file(
@@ -449,6 +496,7 @@ def denoise_file(
     info: dict,
     *,
     period_px: float | None = None,
+    force_period: bool = False,
     float32: bool = False,
     overwrite: bool = False,
     stream_bytes: int = 256 * 2**20,
@@ -458,8 +506,10 @@ def denoise_file(
 
     Inputs larger than ``stream_bytes`` that can be memory-mapped (uncompressed TIFF, NPY) are read and written
     as memmaps, strip by strip, so memory stays bounded whatever the size; others are read whole. The output
-    appears atomically (temp file + rename) and a temp file left by a killed run is removed first. Other
-    keyword arguments go to :func:`denoise_array`. Returns a dict describing what was done.
+    appears atomically (temp file + rename) and a temp file left by a killed run is removed first (one that a
+    live run is writing raises :class:`BusyOutput`). A given ``period_px`` is checked against the measured
+    lattice before any work (:func:`check_period`; ``force_period`` accepts a disagreeing one). Other keyword
+    arguments go to :func:`denoise_array`. Returns a dict describing what was done (``notes``: lines to show).
     """
     from data_prep import io as dio
 
@@ -468,24 +518,36 @@ def denoise_file(
         raise InputError(f"{out_path} exists; pass --overwrite to replace it")
     _remove_stale_temps(out_path)
     stats: dict = {}
+    notes: list[str] = []
     image = None
     if in_path.is_file() and in_path.stat().st_size > stream_bytes:
         image = dio.open_micrograph_memmap(in_path)
     if image is not None:
         meta = dio.read_micrograph_meta(in_path)
         dio.validate_image(image, name=str(in_path))
+    else:
+        image, meta = dio.read_micrograph(in_path)
+    if period_px is None:
+        try:
+            period_px = _measure_lattice_period(image)
+        except InputError as exc:
+            raise InputError(f"{in_path}: cannot measure the lattice period ({exc}); give it with --period") from None
+    else:
+        period_px, note = check_period(image, period_px, force=force_period, name=str(in_path))
+        if note:
+            notes.append(note)
+    if dio.is_memmap(image):
         dtype = np.dtype(np.float32 if float32 else meta.source_dtype)
         with dio.create_output_memmap(out_path, image.shape, dtype, meta, overwrite=overwrite) as out:
             denoise_array(image, generator, info, period_px=period_px, out=out, stats=stats, **kwargs)
         stats["streamed"] = True
         del image
     else:
-        image, meta = dio.read_micrograph(in_path)
         result = denoise_array(image, generator, info, period_px=period_px, stats=stats, **kwargs)
         dio.write_micrograph(out_path, result, meta, dtype="float32" if float32 else "source", overwrite=overwrite)
         stats["streamed"] = False
     stats.update(input=str(in_path), output=str(out_path), shape=tuple(int(v) for v in meta.shape),
-                 dtype="float32" if float32 else meta.source_dtype)
+                 dtype="float32" if float32 else meta.source_dtype, notes=notes)
     return stats
 
 
@@ -495,6 +557,7 @@ def denoise_files(
     checkpoint: str | os.PathLike,
     *,
     period_px: float | None = None,
+    force_period: bool = False,
     tile: int | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
@@ -510,27 +573,30 @@ def denoise_files(
 ) -> dict:
     """Denoise every micrograph in ``inputs`` (files or folders) into ``out_dir/<stem>.tif``.
 
-    This rank takes files ``rank::world_size`` of the sorted list. A finished output is skipped (unless
-    ``overwrite``), so a killed run resumes where it stopped; a file that fails with :class:`InputError` is
-    reported and the others go on. Returns counts and per-file records; raises InputError when nothing could
-    be read at all (no inputs, bad checkpoint, bad options).
+    Before any work: ``out_dir`` may not be, hold or lie inside an input or the checkpoint (symlinks followed),
+    and no two inputs may share an output. This rank takes files ``rank::world_size`` of the sorted list. A
+    finished output is skipped (unless ``overwrite``), so a killed run resumes where it stopped; so is one that
+    another run is writing or wrote meanwhile (two runs on the same batch share the work). A file that fails
+    with :class:`InputError` (unreadable, lattice not measurable, ``period_px`` disagreeing with the measured
+    one, a full disk, ...) is reported in one ``error:`` line naming it and the others go on. An output folder
+    this call created is removed again when nothing was written into it. Returns counts and per-file records;
+    raises InputError when nothing could be started at all (no inputs, bad checkpoint, bad options).
     """
     from tqdm.auto import tqdm
 
     from cyclegan.checkpoint import load_generator
     from data_prep.io import list_micrographs
+    from stem_denoise.common.atomic import check_output_location, make_output_dir, remove_created_dirs
 
     say = log or tqdm.write
     files = list_micrographs([str(p) for p in inputs])
     out_dir = Path(out_dir)
+    check_output_location(out_dir, [*inputs, *files, checkpoint])
     targets: dict[Path, Path] = {}
-    resolved_inputs = {f.resolve() for f in files}
     for f in files:
         o = output_path_for(f, out_dir)
         if o in targets:
             raise InputError(f"{f} and {targets[o]} would both be written to {o}; denoise them into different folders")
-        if o.resolve() in resolved_inputs:
-            raise InputError(f"output {o} would replace the input {f}; choose another --out folder")
         targets[o] = f
     mine = shard(files, rank, world_size)
     dev = pick_device(device)
@@ -538,36 +604,52 @@ def denoise_files(
     generator, info = load_generator(checkpoint, map_location="cpu")
     generator.to(dev)
     plan = plan_tiles(generator, tile=tile, overlap=overlap, device=dev)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {out_dir} ({exc.strerror or exc})") from None
+    created: list[Path] = []
+    make_output_dir(out_dir, created)
     records: list[dict] = []
     counts = {"denoised": 0, "skipped": 0, "failed": 0}
     bar = tqdm(mine, desc="micrographs", unit="image", disable=not progress)
-    for f in bar:
-        o = output_path_for(f, out_dir)
-        if o.exists() and not overwrite:
-            counts["skipped"] += 1
-            records.append({"input": str(f), "output": str(o), "status": "skipped"})
-            say(f"skip {f.name}: {o} exists")
-            continue
-        t0 = time.perf_counter()
-        try:
-            st = denoise_file(f, o, generator, info, period_px=period_px, float32=float32, overwrite=overwrite,
-                              plan=plan, batch_size=batch_size, tta=tta, device=dev, precision=precision,
-                              progress=progress)
-        except InputError as exc:
-            counts["failed"] += 1
-            records.append({"input": str(f), "output": str(o), "status": "failed", "error": str(exc)})
-            tqdm.write(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-            continue
-        st["seconds"] = time.perf_counter() - t0
-        st["status"] = "denoised"
-        counts["denoised"] += 1
-        records.append(st)
-        say(f"denoised {f.name} -> {o} ({st['shape'][0]}x{st['shape'][1]} px, period {st['period_px']:.2f} px, "
-            f"scale {st['scale']:.3f}, {st.get('n_tiles', 1)} tiles, {st['seconds']:.1f} s)")
+    try:
+        for f in bar:
+            o = output_path_for(f, out_dir)
+            if o.exists() and not overwrite:
+                counts["skipped"] += 1
+                records.append({"input": str(f), "output": str(o), "status": "skipped"})
+                say(f"skip {f.name}: {o} exists")
+                continue
+            t0 = time.perf_counter()
+            try:
+                st = denoise_file(f, o, generator, info, period_px=period_px, force_period=force_period,
+                                  float32=float32, overwrite=overwrite, plan=plan, batch_size=batch_size, tta=tta,
+                                  device=dev, precision=precision, progress=progress)
+            except BusyOutput:
+                counts["skipped"] += 1
+                records.append({"input": str(f), "output": str(o), "status": "skipped"})
+                say(f"skip {f.name}: another run is writing {o}")
+                continue
+            except InputError as exc:
+                if not overwrite and o.exists():  # another run finished it while this one worked
+                    counts["skipped"] += 1
+                    records.append({"input": str(f), "output": str(o), "status": "skipped"})
+                    say(f"skip {f.name}: {o} was written meanwhile by another run")
+                    continue
+                text = " ".join(str(exc).split())
+                if str(f) not in text:
+                    text = f"{f}: {text}"
+                counts["failed"] += 1
+                records.append({"input": str(f), "output": str(o), "status": "failed", "error": text})
+                tqdm.write(f"error: {text}", file=sys.stderr)
+                continue
+            st["seconds"] = time.perf_counter() - t0
+            st["status"] = "denoised"
+            counts["denoised"] += 1
+            records.append(st)
+            for note in st.get("notes", []):
+                say(f"note: {note}")
+            say(f"denoised {f.name} -> {o} ({st['shape'][0]}x{st['shape'][1]} px, period {st['period_px']:.2f} px, "
+                f"scale {st['scale']:.3f}, {st.get('n_tiles', 1)} tiles, {st['seconds']:.1f} s)")
+    finally:
+        remove_created_dirs(created)  # only where still empty: a run that wrote nothing leaves no folder
     return {**counts, "files": records, "plan": plan.as_dict(), "device": str(dev),
             "precision": describe_precision(dtype), "rank": rank,
             "world_size": world_size, "n_inputs": len(files)}

@@ -1,16 +1,20 @@
 """Denoise whole micrographs with a trained generator, tile by tile, without seams.
 
     python scripts/denoise.py INPUT... [--checkpoint RUN_DIR/generator.pt] --out DIR
-        [--period PX] [--tta] [--batch-size N] [--tile PX] [--overlap PX] [--device auto|cpu|cuda|cuda:K]
-        [--precision auto|fp32|bf16] [--overwrite] [--float32] [--quiet]
+        [--period PX [--force-period]] [--tta] [--batch-size N] [--tile PX] [--overlap PX]
+        [--device auto|cpu|cuda|cuda:K] [--precision auto|fp32|bf16] [--overwrite] [--float32] [--quiet]
 
 Without --checkpoint the shipped default model stem_denoise/models/default.pt is used (trained on simulated micrographs; see
 models/README.md), or the generator export the environment variable STEM_DENOISE_MODEL names.
 
 INPUT is any mix of micrograph files and folders. Each micrograph's lattice period is measured (or taken from
---period, in the input's px), the image is normalised as a whole, resampled to the model's atom scale, denoised in
-overlapping tiles, resampled back and written to DIR/<name>.tif in the input's dtype (or float32) with its pixel
-size. Outputs that already exist are skipped, so a killed run can simply be started again.
+--period, in the input's px, and checked against the measured one: more than 15 % apart is refused unless
+--force-period; where no lattice can be measured the given value is used and a note says so), the image is
+normalised as a whole, resampled to the model's atom scale, denoised in overlapping tiles, resampled back and
+written to DIR/<name>.tif in the input's dtype (or float32) with its pixel size. Outputs that already exist
+are skipped, so a killed run can simply be started again. --out may not be, hold or lie inside an input. A
+file that fails is reported in one error line naming it and the batch goes on;
+the exit status is 2 when any file failed.
 
 Many files on many GPUs (each process takes every N-th file):
 
@@ -38,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "$STEM_DENOISE_MODEL)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--period", type=positive_float, default=None,
-                   help="lattice period of the inputs in their px (default: measured per micrograph)")
+                   help="lattice period of the inputs in their px (default: measured per micrograph); checked "
+                        "against the measured lattice: more than 15%% off is refused")
+    p.add_argument("--force-period", action="store_true",
+                   help="use --period even where it disagrees with the measured lattice by more than 15%%")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per batch (default: 16 on CUDA, 2 on CPU)")
@@ -102,12 +109,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from cyclegan.infer import denoise_files
 
+    if args.force_period and args.period is None:
+        raise InputError("--force-period goes with --period PX")
     rank, world = _rank()
     checkpoint = args.checkpoint
     if checkpoint is None:
         checkpoint = default_checkpoint(say=print if rank == 0 else (lambda _msg: None))
     summary = denoise_files(
-        args.inputs, args.out, checkpoint, period_px=args.period, tile=args.tile, overlap=args.overlap,
+        args.inputs, args.out, checkpoint, period_px=args.period, force_period=args.force_period,
+        tile=args.tile, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, device=args.device, precision=args.precision,
         overwrite=args.overwrite, float32=args.float32, rank=rank, world_size=world,
         progress=not args.quiet and rank == 0,
