@@ -11,6 +11,10 @@ super-resolution), and DIR/<name>_dip.json records the settings, the steps run, 
 from, the time and, given --truth, PSNR figures. The progress bar shows the step, the loss and (with --truth)
 the PSNR. The automatic stop needs no truth; --stop oracle keeps the best PSNR against --truth and is for
 benchmarks only. Micrographs larger than --tile px run tile by tile.
+
+--out may not be, hold or lie inside an input, the mask or the truth. Every check that can fail runs before the
+first fit; a file that still fails (a full disk, say) is reported in one error line naming it and the others go
+on; the exit status is 2 when any file failed.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import json
 from pathlib import Path
 
 
-from stem_denoise.common.cli import ArgumentParser, nonneg_int, positive_int, run_main
+from stem_denoise.common.cli import ArgumentParser, nonneg_int, one_line, positive_int, report_error, run_main
 from stem_denoise.common.errors import InputError
 from stem_denoise.common.jsonable import json_default
 
@@ -94,6 +98,7 @@ def main(argv=None) -> int:
     from data_prep.io import list_micrographs, read_micrograph, read_micrograph_meta, write_micrograph
     from dip_baseline.api import dip_denoise
     from dip_baseline.optimize import dip_precision
+    from stem_denoise.common.atomic import check_output_location, make_output_dir, remove_created_dirs
     from stem_denoise.common.device import pick_device
 
     if args.task == "inpaint" and args.mask is None:
@@ -115,6 +120,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
+    check_output_location(out_dir, [*args.inputs, *files, args.mask, args.truth])
     targets = []
     stems: set[str] = set()
     for f in files:
@@ -131,46 +137,80 @@ def main(argv=None) -> int:
     known = _load_mask(args.mask, args.mask_marks) if args.mask is not None else None
     truth = read_micrograph(args.truth)[0] if args.truth is not None else None
     scale = args.scale or 1
-    for f, _, _ in targets:  # check every input's header before any work or any output
-        shape = tuple(read_micrograph_meta(f, frame=args.frame).shape)
-        if known is not None and known.shape != shape:
-            raise InputError(f"{args.mask}: the mask is {known.shape[1]}x{known.shape[0]} px but {f} is "
-                             f"{shape[1]}x{shape[0]} px")
-        if truth is not None and truth.shape != (shape[0] * scale, shape[1] * scale):
-            raise InputError(f"{args.truth}: the truth is {truth.shape[1]}x{truth.shape[0]} px; expected "
-                             f"{shape[1] * scale}x{shape[0] * scale} px for {f}")
+    failed = done = 0
+    ready = []
+    for f, tif, rec in targets:  # check every input's header before any work or any output
+        try:
+            shape = tuple(read_micrograph_meta(f, frame=args.frame).shape)
+            if known is not None and known.shape != shape:
+                raise InputError(f"{args.mask}: the mask is {known.shape[1]}x{known.shape[0]} px but {f} is "
+                                 f"{shape[1]}x{shape[0]} px")
+            if truth is not None and truth.shape != (shape[0] * scale, shape[1] * scale):
+                raise InputError(f"{args.truth}: the truth is {truth.shape[1]}x{truth.shape[0]} px; expected "
+                                 f"{shape[1] * scale}x{shape[0] * scale} px for {f}")
+        except InputError as exc:  # this file is reported and skipped; the others go on
+            failed += 1
+            text = one_line(exc)
+            report_error(text if str(f) in text else f"{f}: {text}")
+            continue
+        ready.append((f, tif, rec))
+    if not ready:
+        return 2
+    targets = ready
 
+    created: list[Path] = []
+    make_output_dir(out_dir, created)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
-    for f, tif, rec_path in targets:
-        image, meta = read_micrograph(f, frame=args.frame)
-        out, record = dip_denoise(
-            image, preset=args.preset, task=args.task, mask=known, scale=args.scale, max_steps=args.steps,
-            stop=args.stop, truth=truth, seed=args.seed, device=device, progress=not args.quiet,
-            tile=args.tile, overlap=args.overlap, precision=args.precision)
-        out_meta = meta
-        if scale != 1:
-            out_meta = dataclasses.replace(
-                meta, shape=tuple(out.shape),
-                pixel_size=None if meta.pixel_size is None else meta.pixel_size / scale)
-        write_micrograph(tif, out, out_meta, dtype="float32" if args.float32 else "source",
-                         overwrite=args.overwrite)
-        record.update({"input": str(f), "output": str(tif), "source_dtype": meta.source_dtype,
-                       "written_dtype": "float32" if args.float32 else meta.source_dtype,
-                       "pixel_size": out_meta.pixel_size, "unit": out_meta.unit})
-        if args.truth is not None:
-            record["truth"] = str(args.truth)
-        text = json.dumps(_finite(record), indent=2, default=json_default, allow_nan=False)
+        for f, tif, rec_path in targets:
+            try:
+                _restore_one(args, f, tif, rec_path, known, truth, scale, device)
+                done += 1
+            except InputError as exc:  # this file is reported and skipped; the others go on
+                failed += 1
+                text = one_line(exc)
+                report_error(text if str(f) in text else f"{f}: {text}")
+    finally:
+        remove_created_dirs(created)  # only where still empty: a run that wrote nothing leaves no folder
+    if failed and len(targets) > 1:
+        print(f"{done} restored, {failed} failed")
+    return 2 if failed else 0
+
+
+def _restore_one(args, f: Path, tif: Path, rec_path: Path, known, truth, scale: int, device) -> None:
+    """Fit, write and record one micrograph; InputError for anything about this file the user can fix."""
+    from stem_denoise.common.atomic import atomic_write_bytes
+    from data_prep.io import read_micrograph, write_micrograph
+    from dip_baseline.api import dip_denoise
+
+    image, meta = read_micrograph(f, frame=args.frame)
+    out, record = dip_denoise(
+        image, preset=args.preset, task=args.task, mask=known, scale=args.scale, max_steps=args.steps,
+        stop=args.stop, truth=truth, seed=args.seed, device=device, progress=not args.quiet,
+        tile=args.tile, overlap=args.overlap, precision=args.precision)
+    out_meta = meta
+    if scale != 1:
+        out_meta = dataclasses.replace(
+            meta, shape=tuple(out.shape),
+            pixel_size=None if meta.pixel_size is None else meta.pixel_size / scale)
+    write_micrograph(tif, out, out_meta, dtype="float32" if args.float32 else "source",
+                     overwrite=args.overwrite)
+    record.update({"input": str(f), "output": str(tif), "source_dtype": meta.source_dtype,
+                   "written_dtype": "float32" if args.float32 else meta.source_dtype,
+                   "pixel_size": out_meta.pixel_size, "unit": out_meta.unit})
+    if args.truth is not None:
+        record["truth"] = str(args.truth)
+    text = json.dumps(_finite(record), indent=2, default=json_default, allow_nan=False)
+    try:
         atomic_write_bytes(rec_path, (text + "\n").encode(), overwrite=True)
-        where = (f"result of step {record['stop_step']}, {record['steps_run']} steps run"
-                 if record.get("tiles") == 1 else f"{record['tiles']} tiles, {record['steps_run']} steps in all")
-        line = f"{f.name} -> {tif} ({where}, {record['total_time_s']:.1f} s"
-        if record.get("psnr_of_result") is not None:
-            line += f", PSNR {record['psnr_of_result']:.2f} dB"
-        print(line + ")")
-    return 0
+    except BaseException:
+        tif.unlink(missing_ok=True)  # an image without its record would be taken for a finished one
+        raise
+    where = (f"result of step {record['stop_step']}, {record['steps_run']} steps run"
+             if record.get("tiles") == 1 else f"{record['tiles']} tiles, {record['steps_run']} steps in all")
+    line = f"{f.name} -> {tif} ({where}, {record['total_time_s']:.1f} s"
+    if record.get("psnr_of_result") is not None:
+        line += f", PSNR {record['psnr_of_result']:.2f} dB"
+    print(line + ")")
 
 
 def _finite(obj):

@@ -5,17 +5,20 @@
 Each line holds ``file``, ``period_px`` (length of the primary lattice vector), ``angle_deg`` (its direction,
 counter-clockwise as displayed from the +x axis, folded into [0, 90) for square, [0, 60) for hexagonal and
 [0, 180) for other lattices), ``period2_px``/``angle2_deg`` (the second basis vector), ``lattice`` and, when the
-file carries a pixel size, ``period_pm``. A bad image gives one ``error:`` line on stderr and exit status 2.
+file carries a plausible pixel size (0.1 pm to 1 mm), ``period_pm``; every line is strict JSON. Each bad image
+gives one ``error:`` line on stderr naming it, the others are still measured, and the exit status is 2 when any
+image failed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 
-from stem_denoise.common.cli import ArgumentParser, run_main
+from stem_denoise.common.cli import ArgumentParser, one_line, report_error, run_main
 from stem_denoise.common.errors import InputError
 from data_prep.io import list_micrographs, read_micrograph
 from data_prep.lattice import measure_lattice
@@ -33,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def describe(path: Path, *, frame=None, convert_rgb=False, max_size=1024, timing=False) -> dict:
     """Measure one micrograph file and return the JSON-able record printed for it."""
-    image, meta = read_micrograph(path, frame=frame, convert_rgb=convert_rgb)
+    try:
+        image, meta = read_micrograph(path, frame=frame, convert_rgb=convert_rgb)
+    except InputError as exc:
+        if "greyscale" in str(exc) and not convert_rgb:
+            raise InputError(f"{exc}, or pass --rgb to use its luminance") from None
+        raise
     t0 = time.perf_counter()
     try:
         info = measure_lattice(image, max_size=max_size)
@@ -48,9 +56,11 @@ def describe(path: Path, *, frame=None, convert_rgb=False, max_size=1024, timing
         "angle2_deg": round(info.angle2_deg, 3),
         "lattice": info.lattice,
     }
-    px_pm = meta.pixel_size_in("pm")
+    px_pm = meta.pixel_size_in("pm")  # None unless the file's pixel size is plausible (data_prep.io)
     if px_pm:
-        rec["period_pm"] = round(info.period_px * px_pm, 2)
+        period_pm = info.period_px * px_pm
+        if math.isfinite(period_pm) and period_pm > 0:
+            rec["period_pm"] = round(period_pm, 2)
     if timing:
         rec["measure_s"] = round(elapsed, 3)
     return rec
@@ -61,20 +71,18 @@ def main(argv=None) -> int:
     if args.max_size < 32:
         raise InputError("--max-size must be at least 32")
     files = list_micrographs(args.images)
-    failures: list[str] = []
+    failed = 0
     for path in files:
         try:
             rec = describe(path, frame=args.frame, convert_rgb=args.rgb, max_size=args.max_size,
                            timing=args.time)
-        except InputError as exc:
-            failures.append(str(exc))
+        except InputError as exc:  # reported, naming the file; the others go on
+            failed += 1
+            text = one_line(exc)
+            report_error(text if str(path) in text else f"{path}: {text}")
             continue
-        print(json.dumps(rec), flush=True)
-    if failures:
-        if len(failures) == 1:
-            raise InputError(failures[0])
-        raise InputError(f"{len(failures)} of {len(files)} images failed; first: {failures[0]}")
-    return 0
+        print(json.dumps(rec, allow_nan=False), flush=True)
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stem_denoise.common.atomic import atomic_write_bytes, make_output_dir
+from stem_denoise.common.atomic import atomic_write_bytes, output_folder
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.io import MicrographMeta, write_micrograph
@@ -162,54 +162,55 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         raise InputError(f"synthetic lattice: {exc}") from None
 
-    make_output_dir(out)
-    t_all = time.perf_counter()
-    entries = []
-    for item, p in zip(plan, params):
-        t0 = time.perf_counter()
-        res = simulate(p)
-        t_sim = time.perf_counter() - t0
-        paths = save_simulation(res, out, item["stem"], overwrite=args.overwrite)
-        t_tot = time.perf_counter() - t0
-        print(
-            f"{item['stem']}: {shape[0]}x{shape[1]} {item['lattice']} period {item['period_px']:g} px, "
-            f"angle {res.angle_deg:.1f} deg, dose {item['dose']:g}, dents {item['dent']}, "
-            f"{len(res.columns)} columns: simulated in {t_sim:.2f} s, written in {t_tot - t_sim:.2f} s",
-            flush=True,
-        )
-        entries.append(
-            {
-                **item,
-                "angle_deg": res.angle_deg,
-                "period2_px": res.period2_px,
-                "reported_lattice": res.lattice,
-                "files": {k: v.name for k, v in paths.items()},
-                "n_columns": int(len(res.columns)),
-                "n_vacancies": int(len(res.vacancies)),
-            }
-        )
-    synth_files = {}
-    for i, (lat, img) in enumerate(synth.items()):
-        meta = MicrographMeta("float32", None, None, "", (int(img.shape[0]), int(img.shape[1])), {})
-        names = [f"synthetic_lattice_{lat}.tif"] + (["synthetic_lattice.tif"] if i == 0 else [])
-        for name in names:
-            write_micrograph(out / name, img, meta, dtype="float32", overwrite=args.overwrite)
-        synth_files[lat] = names[0]
-    doc = {
-        "kind": "stem-denoise-simulated-dataset",
-        "size": list(shape),
-        "seed": args.seed,
-        "pixel_size_pm": args.pixel_size_pm,
-        "synthetic_lattice": {
-            "file": "synthetic_lattice.tif",
-            "lattice": lattices[0],
-            "period_px": args.synthetic_period,
-            "n_cells": args.synthetic_cells,
-            "per_lattice": synth_files,
-        },
-        "micrographs": entries,
-    }
-    atomic_write_bytes(out / "dataset.json", json.dumps(doc, indent=1).encode("utf-8"), overwrite=args.overwrite)
+    with output_folder(out):  # a run that fails before writing anything leaves no folder it created
+        t_all = time.perf_counter()
+        entries = []
+        for item, p in zip(plan, params):
+            t0 = time.perf_counter()
+            res = simulate(p)
+            t_sim = time.perf_counter() - t0
+            paths = save_simulation(res, out, item["stem"], overwrite=args.overwrite)
+            t_tot = time.perf_counter() - t0
+            print(
+                f"{item['stem']}: {shape[0]}x{shape[1]} {item['lattice']} period {item['period_px']:g} px, "
+                f"angle {res.angle_deg:.1f} deg, dose {item['dose']:g}, dents {item['dent']}, "
+                f"{len(res.columns)} columns: simulated in {t_sim:.2f} s, written in {t_tot - t_sim:.2f} s",
+                flush=True,
+            )
+            entries.append(
+                {
+                    **item,
+                    "angle_deg": res.angle_deg,
+                    "period2_px": res.period2_px,
+                    "reported_lattice": res.lattice,
+                    "files": {k: v.name for k, v in paths.items()},
+                    "n_columns": int(len(res.columns)),
+                    "n_vacancies": int(len(res.vacancies)),
+                }
+            )
+        synth_files = {}
+        for i, (lat, img) in enumerate(synth.items()):
+            meta = MicrographMeta("float32", None, None, "", (int(img.shape[0]), int(img.shape[1])), {})
+            names = [f"synthetic_lattice_{lat}.tif"] + (["synthetic_lattice.tif"] if i == 0 else [])
+            for name in names:
+                write_micrograph(out / name, img, meta, dtype="float32", overwrite=args.overwrite)
+            synth_files[lat] = names[0]
+        doc = {
+            "kind": "stem-denoise-simulated-dataset",
+            "size": list(shape),
+            "seed": args.seed,
+            "pixel_size_pm": args.pixel_size_pm,
+            "synthetic_lattice": {
+                "file": "synthetic_lattice.tif",
+                "lattice": lattices[0],
+                "period_px": args.synthetic_period,
+                "n_cells": args.synthetic_cells,
+                "per_lattice": synth_files,
+            },
+            "micrographs": entries,
+        }
+        atomic_write_bytes(out / "dataset.json", json.dumps(doc, indent=1).encode("utf-8"),
+                           overwrite=args.overwrite)
     total = time.perf_counter() - t_all
     print(f"wrote {len(entries)} micrographs and the synthetic lattice to {out} in {total:.1f} s "
           f"({total / len(entries):.2f} s per {shape[0]}x{shape[1]} micrograph)")
