@@ -67,6 +67,7 @@ ratio are reported as warnings.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -74,7 +75,7 @@ import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Sequence
 
 import cv2
@@ -86,7 +87,7 @@ from tqdm.auto import tqdm
 
 from stem_denoise.common.config import Config
 from stem_denoise.common.errors import InputError
-from stem_denoise.common.jsonable import json_default
+from stem_denoise.common.atomic import check_output_location, make_output_dir, remove_created_dirs
 from stem_denoise.common.resample import resample_image
 from data_prep import dents as _dents
 from data_prep.io import list_micrographs, read_micrograph, validate_image
@@ -715,17 +716,79 @@ def _render_b(synthetic: SyntheticLattice, origins: np.ndarray, patch_px: int, p
 # ----------------------------------------------------------------------------------------------------------------
 # prepare_dataset
 # ----------------------------------------------------------------------------------------------------------------
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
+def _finite(obj: Any) -> Any:
+    """``obj`` as plain JSON values (numpy scalars and arrays, tuples, paths converted) with non-finite floats
+    (NaN, Inf) as null: the manifest is strict JSON."""
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    elif isinstance(obj, np.generic):
+        obj = obj.item()
+    elif isinstance(obj, os.PathLike):
+        obj = os.fspath(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _safe_relative(name: Any) -> str | None:
+    """``name`` as a relative path that stays inside its folder, or None."""
+    if not isinstance(name, str) or not name:
+        return None
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or ".." in parts or not parts:
+        return None
+    return str(PurePosixPath(*parts))
+
+
+def _own_files(manifest: dict) -> set[str]:
+    """Every file an earlier prepare_data run wrote, as its manifest lists them (relative paths)."""
+    names = set(manifest.get("files") or []) if isinstance(manifest.get("files"), list) else set()
+    for rec in manifest.get("patches") or []:
+        if isinstance(rec, dict):
+            names.add(rec.get("file"))
+    names |= {MANIFEST_NAME, "preview.png"}
+    return {n for n in (_safe_relative(x) for x in names) if n is not None}
+
+
+def _check_out_dir(out: Path, overwrite: bool, inputs: Sequence[str | os.PathLike | None]) -> tuple[Path, set[str]]:
+    """Refuse an unusable ``out`` before any work; return its real path (symlinks followed) and the files of an
+    earlier dataset there that ``overwrite`` may replace (empty when there is none)."""
+    check_output_location(out, inputs)
+    real = Path(os.path.realpath(out))
+    if real.exists() and not real.is_dir():
         raise InputError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError(f"{out} is not empty; pass --overwrite to replace it")
-        if not (out / MANIFEST_NAME).is_file():
-            raise InputError(
-                f"{out} is not empty and holds no {MANIFEST_NAME}: refusing to replace a folder that prepare_data "
-                "did not write"
-            )
+    if not real.is_dir():
+        return real, set()
+    entries = [e for e in real.iterdir() if not e.name.startswith(".prepare_data.")]
+    if not entries:
+        if not os.access(real, os.W_OK | os.X_OK):
+            raise InputError(f"output folder {out} is not writable")
+        return real, set()
+    if not overwrite:
+        raise InputError(f"{out} is not empty; pass --overwrite to replace it")
+    mpath = real / MANIFEST_NAME
+    if not mpath.is_file():
+        raise InputError(
+            f"{out} is not empty and holds no {MANIFEST_NAME}: refusing to replace a folder that prepare_data "
+            "did not write")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
+        raise InputError(f"{out} holds a {MANIFEST_NAME} that prepare_data did not write: refusing to replace "
+                         f"anything in it")
+    for sub in ("trainA", "trainB", "testA"):
+        d = real / sub
+        if os.path.lexists(d) and (d.is_symlink() or not d.is_dir()):
+            raise InputError(f"{out / sub} is not a plain folder (a file or a link): refusing to write into it")
+    if not os.access(real, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {out} is not writable")
+    return real, _own_files(manifest)
 
 
 def _load_synthetic(synthetic: Any, cfg: PrepConfig) -> SyntheticLattice:
@@ -886,19 +949,64 @@ def _preview_panel(src: dict, display: int = 320, zoom: int = 160) -> dict:
     return {"name": src["name"], "images": [model, m, whole, zoomed]}
 
 
-def _finalise(staging: Path, out: Path) -> None:
-    """Move the finished staging folder onto ``out`` (renames within one folder; the old one is put back on error)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-        os.replace(out, old)
-        try:
-            os.replace(staging, out)
-        except BaseException:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+def _finalise(staging: Path, real: Path, old_files: set[str], existed: bool) -> None:
+    """Put the finished dataset in ``staging`` into the folder ``real``.
+
+    A new folder is one rename. Into an existing folder the files of the earlier dataset (``old_files``, from its
+    manifest) are first moved aside, then the new files are moved in (the manifest last), then the old ones are
+    deleted: anything else in the folder -- files prepare_data did not write -- stays where it is, and a failure
+    on the way puts everything back.
+    """
+    if not existed:
+        if real.exists():
+            raise InputError(f"{real} was created by another run while this one was working; this run's dataset "
+                             f"was discarded and nothing of the other's was touched")
+        os.rename(staging, real)
+        return
+    root = os.path.realpath(real)
+    trash = real / f".prepare_data.old-{secrets.token_hex(4)}"
+    trash.mkdir()
+    moved: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    made: list[Path] = []
+    try:
+        for rel in sorted(old_files, key=lambda n: (n == MANIFEST_NAME, n), reverse=True):  # manifest first
+            src = real / rel
+            if not os.path.lexists(src) or (src.is_dir() and not src.is_symlink()):
+                continue
+            parent = os.path.realpath(src.parent)
+            if parent != root and not parent.startswith(root + os.sep):
+                continue  # never follow a link out of the folder
+            dst = trash / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+            moved.append((src, dst))
+        new_files = sorted((f for f in staging.rglob("*") if not f.is_dir()),
+                           key=lambda f: (f.name == MANIFEST_NAME, str(f)))  # manifest last
+        for f in new_files:
+            target = real / f.relative_to(staging)
+            if not target.parent.is_dir():
+                target.parent.mkdir()
+                made.append(target.parent)
+            if os.path.lexists(target):
+                raise InputError(f"{target} is in the way: prepare_data did not write it (it is not in the earlier "
+                                 f"dataset's manifest); move it away and run again")
+            os.rename(f, target)
+            placed.append(target)
+    except BaseException:
+        for t in reversed(placed):
+            with contextlib.suppress(OSError):
+                t.unlink()
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        for src, dst in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(dst, src)
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)  # holds only files the earlier run wrote
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def prepare_dataset(
@@ -914,9 +1022,12 @@ def prepare_dataset(
     Whole micrographs are held back for ``testA``. Each micrograph is read, normalised as a whole
     (robust percentiles), its lattice measured, and cut into atom-counted patches; each training micrograph also
     gets ``per_image`` B patches at its orientation, intensity and dents (module docstring). Everything is
-    written to a hidden folder next to ``out_dir`` and moved into place at the end, so a failure or an
-    interrupt leaves no partial dataset. A non-empty ``out_dir`` is refused unless ``cfg.overwrite`` (and then
-    only a folder holding a previous ``manifest.json``). Returns a summary dict (counts, paths, elapsed_s).
+    written to a hidden staging folder and moved into place at the end, so a failure or an interrupt leaves no
+    partial dataset (and no folder it created). ``out_dir`` may not be, hold or lie inside an input (symlinks
+    followed; a linked ``out_dir`` stays a link). A non-empty ``out_dir`` is refused unless ``cfg.overwrite``, and
+    then only one holding a previous dataset's ``manifest.json``: exactly the files that manifest lists are
+    replaced, anything else in the folder is kept. The manifest lists every file written under ``files``.
+    Returns a summary dict (counts, paths, elapsed_s).
     """
     t0 = time.perf_counter()
     cfg = PrepConfig() if cfg is None else cfg
@@ -930,20 +1041,25 @@ def prepare_dataset(
         if not paths:
             raise InputError("no micrographs left once the synthetic lattice image is set apart")
     out = Path(out_dir)
-    _check_out_dir(out, cfg.overwrite)
+    syn_input = synthetic_path_or_array if isinstance(synthetic_path_or_array, (str, os.PathLike)) else None
+    real, old_files = _check_out_dir(out, cfg.overwrite, [*micrograph_paths, *paths, syn_input])
+    existed = real.is_dir()
     syn = _load_synthetic(synthetic_path_or_array, cfg)
     test_idx = _split(len(paths), float(cfg.test_frac), cfg.seed)
     P = int(cfg.patch_px)
     model_period = cfg.model_period_px
 
+    created: list[Path] = []  # folders above --out that this run makes (removed again if it fails)
+    if existed:  # staged inside the folder itself: the renames stay on its file system, links stay links
+        staging = real / f".prepare_data.partial-{secrets.token_hex(4)}"
+    else:
+        make_output_dir(real.parent, created)
+        staging = real.parent / f".{real.name}.partial-{secrets.token_hex(4)}"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
     except OSError as exc:
-        raise InputError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise InputError(f"output folder {out.parent} is not writable")
-    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
-    staging.mkdir()
+        remove_created_dirs(created)
+        raise InputError(f"output folder {out} cannot be written: {exc.strerror or exc}") from None
     try:
         for sub in ("trainA", "trainB", "testA"):
             (staging / sub).mkdir()
@@ -1037,13 +1153,18 @@ def prepare_dataset(
             "warnings": warnings,
             "patches": patch_records,
         }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, default=json_default))
+        # every file this run writes, so that a later --overwrite removes exactly these and nothing else
+        manifest["files"] = sorted({r["file"] for r in patch_records} | {MANIFEST_NAME}
+                                   | ({"preview.png"} if cfg.preview else set()))
+        text = json.dumps(_finite(manifest), indent=1, allow_nan=False)
+        (staging / MANIFEST_NAME).write_text(text)
         if cfg.preview:
             _preview(staging / "preview.png", preview_a, preview_b,
                      _preview_panel(panel) if panel is not None else None)
-        _finalise(staging, out)
+        _finalise(staging, real, old_files, existed)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_created_dirs(created)
         raise
     elapsed = time.perf_counter() - t0
     return {
