@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -79,6 +81,67 @@ def read_patch(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
+def _classic_tiff_dims(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(rows, cols) of a single-page, single-sample classic TIFF read straight from its one IFD (tens of
+    microseconds: patch folders hold many thousands of files), or None for anything else."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+                return None
+            bo = "<" if head[:2] == b"II" else ">"
+            magic, ifd = struct.unpack(bo + "HI", head[2:8])
+            if magic != 42:
+                return None
+            fh.seek(ifd)
+            raw = fh.read(2)
+            if len(raw) < 2:
+                return None
+            (n,) = struct.unpack(bo + "H", raw)
+            body = fh.read(12 * n + 4)
+            if len(body) < 12 * n + 4:
+                return None
+    except OSError:
+        return None
+    tags = {}
+    for k in range(n):
+        tag, typ, count = struct.unpack(bo + "HHI", body[12 * k:12 * k + 8])
+        if tag in (256, 257, 277) and count == 1 and typ in (3, 4):
+            fmt = bo + ("H" if typ == 3 else "I")
+            tags[tag] = struct.unpack(fmt, body[12 * k + 8:12 * k + 8 + struct.calcsize(fmt)])[0]
+    (next_ifd,) = struct.unpack(bo + "I", body[12 * n:12 * n + 4])
+    if next_ifd != 0 or 256 not in tags or 257 not in tags or tags.get(277, 1) != 1:
+        return None
+    return int(tags[257]), int(tags[256])
+
+
+def patch_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """Shape of a patch TIFF from its header, without decoding the pixels; InputError for an unreadable one."""
+    dims = _classic_tiff_dims(path)
+    if dims is not None:
+        return dims
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(int(v) for v in tif.series[0].shape if int(v) != 1) if tif.series else ()
+    except Exception as exc:  # tifffile raises many kinds on damaged files
+        raise InputError(f"cannot read patch {path}: {exc}") from None
+
+
+def check_patch_shapes(files: Sequence[Path], need: tuple[int, int], *, exact: bool) -> None:
+    """Refuse, before training starts, a patch that is not 2-D or is smaller than ``need`` (rows, cols), or (with
+    ``exact``) of another size. Reads headers only."""
+    for f in files:
+        shape = patch_shape(f)
+        if len(shape) != 2:
+            raise InputError(f"patch {f} is not single-channel 2-D (shape {shape})")
+        if exact and shape != tuple(need):
+            raise InputError(f"patch {f} is {shape[0]}x{shape[1]} px, unlike the others ({need[0]}x{need[1]} px); "
+                             f"all patches must have one size (or set crop_px)")
+        if shape[0] < need[0] or shape[1] < need[1]:
+            raise InputError(f"patch {f} is {shape[0]}x{shape[1]} px, smaller than crop_px={need[0]}: every patch "
+                             f"must hold the crop")
+
+
 def read_data_info(data_dir: str | os.PathLike, *, patch_px: int | None = None,
                    atoms_per_patch: float | None = None, period_px: float | None = None) -> DataInfo:
     """Atom scale of ``data_dir`` from its manifest.json; explicit arguments take precedence.
@@ -108,10 +171,17 @@ def read_data_info(data_dir: str | os.PathLike, *, patch_px: int | None = None,
     if period is None:
         raise InputError(f"{data_dir} has no manifest.json with period_px; set period_px or atoms_per_patch "
                          f"in the config")
-    try:
-        return DataInfo(patch_px=int(patch_px), atoms_per_patch=float(atoms), period_px=float(period))
-    except (TypeError, ValueError):
-        raise InputError(f"{mpath}: patch_px/atoms_per_patch/period_px must be numbers") from None
+    values = {"patch_px": patch_px, "atoms_per_patch": atoms, "period_px": period}
+    for name, v in values.items():
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+        if not ok:
+            raise InputError(f"{mpath if manifest else data_dir}: {name} must be a positive number, got {v!r}")
+    if float(patch_px) != int(patch_px):
+        raise InputError(f"{mpath}: patch_px must be a whole number of pixels, got {patch_px!r}")
+    if not 2.0 <= float(period) <= float(patch_px):
+        raise InputError(f"{mpath if manifest else data_dir}: period_px {float(period):g} does not fit patches of "
+                         f"{int(patch_px)} px (it must lie between 2 px and the patch side)")
+    return DataInfo(patch_px=int(patch_px), atoms_per_patch=float(atoms), period_px=float(period))
 
 
 def files_digest(files: Sequence[Path]) -> str:
@@ -150,13 +220,13 @@ class UnpairedPatches(Dataset):
         first_a = read_patch(self.files_a[0])
         first_b = read_patch(self.files_b[0])
         self.crop_px = crop_px
-        for name, arr in (("trainA", first_a), ("trainB", first_b)):
-            if crop_px is not None and min(arr.shape) < crop_px:
-                raise InputError(f"{name} patches are {arr.shape[0]}x{arr.shape[1]} px, smaller than "
-                                 f"crop_px={crop_px}")
         if crop_px is None and (first_a.shape != first_b.shape or first_a.shape[0] != first_a.shape[1]):
             raise InputError(f"trainA patches {first_a.shape} and trainB patches {first_b.shape} must be the "
                              f"same square size (or set crop_px)")
+        # every patch, not only the first: a smaller one found at step 5000 would end the run there
+        need = (crop_px, crop_px) if crop_px is not None else first_a.shape
+        for files in (self.files_a, self.files_b):
+            check_patch_shapes(files, need, exact=crop_px is None)
         self.augment = build_augment(crop_px) if augment else None
         self.augment_a = build_augment(crop_px, scan_aligned=True) if augment and scan_aligned_a else self.augment
 

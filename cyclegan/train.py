@@ -526,30 +526,112 @@ def _open_dashboard(cfg: TrainConfig, out_dir: Path, ctx: DistContext):
 
 
 def train(cfg: TrainConfig, data_dir: str | os.PathLike | None, out_dir: str | os.PathLike, *, resume: bool = False,
-          dashboard: Any = None, progress: bool = True, init: str | os.PathLike | None = None) -> dict:
+          dashboard: Any = None, progress: bool = True, init: str | os.PathLike | None = None,
+          force_period: bool = False) -> dict:
     """Train a CycleGAN on ``data_dir/trainA`` vs ``data_dir/trainB``; write the run into ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/last.pt`` (or ``previous.pt``; a fresh start if neither exists);
     without it, a folder that already holds a checkpoint is refused. ``dashboard``: an object with
     ``scalars(step, dict)``/``images(step, dict)`` (default: a :class:`cyclegan.dashboard.Dashboard` on
     ``out_dir/log.jsonl``). ``init``: a generator export (e.g. the shipped ``stem_denoise/models/default.pt``) whose weights
-    start G in a fresh run (fine-tuning); its architecture must equal ``cfg.generator``. Returns a summary dict (final step, last losses, images/s, paths, weight digests).
+    start G in a fresh run (fine-tuning); its architecture must equal ``cfg.generator``. The data folder's period
+    (manifest or config) is checked against the lattice measured on its patches (more than 15 % apart is refused
+    unless ``force_period``). A run that fails before its first checkpoint removes the config.json and log.jsonl
+    it wrote and the folders it made, so a plain rerun can start. Returns a summary dict (final step, last losses, images/s, paths, weight digests).
     Raises ConfigError/CheckpointError/InputError for problems the user can fix and TrainingDiverged when a loss
     is not finite.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError("cfg must be a TrainConfig")
     ctx = setup_distributed(cfg.device)
+    out = Path(out_dir)
+    before = _run_folder_state(out)
     try:
-        return _train(cfg, Path(data_dir) if data_dir is not None else None, Path(out_dir), ctx, resume=resume,
-                      dashboard=dashboard, progress=progress, init=init)
+        return _train(cfg, Path(data_dir) if data_dir is not None else None, out, ctx, resume=resume,
+                      dashboard=dashboard, progress=progress, init=init, force_period=force_period)
+    except BaseException:
+        if ctx.is_main:
+            _undo_failed_start(out, before)
+        raise
     finally:
         if ctx.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
 
 
+_CHECKPOINTS = ("last.pt", "previous.pt", "generator.pt")
+
+
+def _run_folder_state(out_dir: Path) -> tuple[list[Path], set[str]]:
+    """(folders missing above and including ``out_dir``, names already in it) before a run starts."""
+    missing = []
+    probe = out_dir
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    names = set(os.listdir(out_dir)) if out_dir.is_dir() and not missing else set()
+    return missing, names
+
+
+def _undo_failed_start(out_dir: Path, before: tuple[list[Path], set[str]]) -> None:
+    """After a run that failed before writing any checkpoint: remove the files it wrote into the run folder
+    (config.json, log.jsonl, ...: they would block a plain rerun) and the folders it created, if empty. A run that saved a checkpoint is left as it
+    is: it can be resumed."""
+    missing, names = before
+    if not out_dir.is_dir():
+        return
+    if any((out_dir / n).exists() and n not in names for n in _CHECKPOINTS):
+        return
+    for f in out_dir.iterdir():  # config.json, its schema, log.jsonl, ...: all written by this run
+        if f.name not in names and (f.is_file() or f.is_symlink()):
+            with contextlib.suppress(OSError):
+                f.unlink()
+    for d in missing:  # innermost first
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _check_manifest_period(info: DataInfo, data_dir: Path, ctx: DistContext, *, force: bool) -> str | None:
+    """Compare the data folder's lattice period (manifest.json or config, model px) with the lattice measured on a
+    few of its patches (trainB, else trainA): more than 15 % apart is refused unless ``force``. Returns a note to
+    show once the run has started: where no patch can be measured (the given period is used), or where ``force``
+    let a disagreeing period through."""
+    from data_prep.lattice import measure_lattice
+
+    from cyclegan.data import list_patches, read_patch
+
+    files: list[Path] = []
+    for sub in ("trainB", "trainA"):
+        with contextlib.suppress(InputError):
+            files = list_patches(data_dir / sub)
+            break
+    if not files:
+        return None
+    picks = [files[int(k)] for k in np.unique(np.linspace(0, len(files) - 1, min(8, len(files))).round())]
+    measured = []
+    for f in picks:
+        with contextlib.suppress(InputError, ValueError):
+            measured.append(float(measure_lattice(read_patch(f)).period_px))
+    source = data_dir / "manifest.json"
+    if not measured:
+        return (f"note: the lattice could not be measured on the patches of {data_dir}; using period_px "
+                f"{info.period_px:g} px from {source.name} as given")
+    m = float(np.median(measured))
+    off = abs(info.period_px / m - 1.0)
+    if off <= PERIOD_TOLERANCE:
+        return None
+    if force:
+        return (f"note: period_px {info.period_px:g} px of {source} differs from the {m:.2f} px measured on its "
+                f"patches by {100 * off:.0f} %; used as given (--force-period)")
+    raise InputError(f"{source}: period_px {info.period_px:g} px disagrees with the lattice period {m:.2f} px measured "
+                     f"on its patches by {100 * off:.0f} % (more than {100 * PERIOD_TOLERANCE:.0f} %); fix the "
+                     f"manifest (or the config's period_px), or pass --force-period to use it anyway")
+
+
+PERIOD_TOLERANCE = 0.15
+
+
 def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistContext, *, resume: bool, dashboard: Any,
-           progress: bool, init: str | os.PathLike | None = None) -> dict:
+           progress: bool, init: str | os.PathLike | None = None, force_period: bool = False) -> dict:
     device = pick_device(cfg.device, ctx.local_rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels
@@ -598,6 +680,7 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
             _say(f"warning: {out_dir / 'last.pt'} is missing; resuming from {ckpt_path.name}", ctx)
     elif resume:
         _say(f"no checkpoint in {out_dir}; starting from step 0", ctx)
+    period_note = _check_manifest_period(info, data_dir, ctx, force=force_period) if data_dir is not None else None
     if ctx.is_main:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -645,6 +728,8 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
             write_config_record(cfg, out_dir)
         except OSError as exc:
             raise InputError(f"cannot write {out_dir / 'config.json'}: {exc.strerror or exc}") from None
+    if period_note:
+        _say(period_note, ctx)
     if noise_note:
         _say(noise_note, ctx)
     own_dashboard = dashboard is None and ctx.is_main

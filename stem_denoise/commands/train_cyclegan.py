@@ -10,6 +10,9 @@ Multi-GPU / multi-node: launch the same command with torchrun, e.g. on each of 2
 --resume; the batch size is per process, so the global batch is batch_size x number of processes.)
 ``--resume`` takes the run's saved config (RUN_DIR/config.json); ``--config`` and ``--steps`` may then change
 only runtime settings (steps, logging and checkpoint intervals, workers, device, dashboard).
+RUN_DIR may not be, hold or lie inside DATA. DATA's period_px is checked against the lattice measured on its
+patches (more than 15 % apart is refused unless --force-period). A run that fails before its first checkpoint
+takes away the config.json and log.jsonl it wrote, so the same command can simply be run again.
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dashboard", action="store_true", help="file log only, do not contact visdom")
     p.add_argument("--port", type=int, help="visdom port (default 8097)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force-period", action="store_true",
+                   help="train at the data folder's period_px even where it disagrees by more than 15%% with the "
+                        "lattice measured on its patches")
     return p
 
 
@@ -47,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cyclegan.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from stem_denoise.common.atomic import check_output_location
+
+    check_output_location(args.out, [args.data, None if args.resume else args.init])
     base = None
     saved = Path(args.out) / "config.json"
     if args.resume:
@@ -74,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         net, _ = load_generator(args.init)
         cfg = config_from_dict({"generator": net.cfg.to_dict()}, base=cfg)
     summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress,
-                    init=args.init if not args.resume else None)
+                    init=args.init if not args.resume else None, force_period=args.force_period)
     if summary["rank"] == 0:
         losses = ", ".join(f"{k}={v:.4g}" for k, v in summary["losses"].items())
         print(f"trained to step {summary['step']} in {summary['elapsed_s']:.1f} s "
