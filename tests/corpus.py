@@ -377,6 +377,60 @@ def small_lattice_tiff(folder: Path) -> Path:
     return _tiff(folder / "small.tif", lattice_image((40, 40)), photometric="minisblack")
 
 
+def two_size_tiff(folder: Path) -> Path:
+    """One TIFF holding two images of different sizes (two pages): neither may be dropped silently."""
+    import tifffile
+
+    p = _tiff(folder / "two_sizes.tif", lattice_image((96, 96)), photometric="minisblack")
+    tifffile.imwrite(p, lattice_image((64, 80), seed=1), photometric="minisblack", append=True)
+    return p
+
+
+def float64_overflow_tiff(folder: Path) -> Path:
+    """Finite float64 values far beyond float32's range (they would turn into Inf)."""
+    return _tiff(folder / "overflow64.tif", lattice_image().astype(np.float64) * 1e300, photometric="minisblack")
+
+
+def pixel_size_tiff(folder: Path, name: str, pixel_size, unit: str = "nm", pixel_size_y=None,
+                    shape=(96, 96)) -> Path:
+    """A float32 lattice TIFF whose JSON description (the project's own format) states any pixel size, absurd
+    ones included (tifffile writes what it is given)."""
+    md = {"unit": unit, "pixel_size": pixel_size}
+    if pixel_size_y is not None:
+        md["pixel_size_y"] = pixel_size_y
+    return _tiff(folder / name, lattice_image(shape), photometric="minisblack", metadata=md)
+
+
+def dataset_holding_inputs(out: Path, synthetic: Path | None = None) -> tuple[Path, Path]:
+    """A folder that looks like an earlier prepare_data dataset (its manifest) but also holds the user's raw
+    micrographs in ``out/raw`` (and, given, the synthetic image inside ``out``). Returns (raw folder, synthetic)."""
+    import json
+
+    raw = out / "raw"
+    write_lattice_tiff(raw, "m0.tif", shape=(128, 128))
+    write_lattice_tiff(raw, "m1.tif", shape=(128, 128), seed=1)
+    (out / "manifest.json").write_text(json.dumps({"kind": "stem-denoise-patches", "version": 1, "patches": []}))
+    syn = write_synthetic(out) if synthetic is None else synthetic
+    return raw, syn
+
+
+def patch_folder_variant(folder: Path, *, manifest: dict | None = None, small_patch: bool = False) -> Path:
+    """:func:`tiny_patch_folder` with manifest values replaced (e.g. a NaN or negative period_px) or one trainA
+    patch smaller than the others."""
+    import json
+
+    import tifffile
+
+    tiny_patch_folder(folder)
+    if manifest:
+        m = json.loads((folder / "manifest.json").read_text())
+        m.update(manifest)
+        (folder / "manifest.json").write_text(json.dumps(m))  # NaN is written as NaN, as a careless writer would
+    if small_patch:
+        tifffile.imwrite(folder / "trainA" / "a999.tif", np.zeros((16, 16), np.float32) + 0.5)
+    return folder
+
+
 def empty_folder(folder: Path) -> Path:
     p = folder / "no_images"
     p.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ CASES: dict[str, Callable[[Path, dict], Case]] = {
         ("output folder", "cannot create", "not a folder", "not a directory")),
     "output_parent_is_a_file_prepare": lambda t, a: Case(
         "prepare_data", _prepare(t, a["lattice"], a["synthetic"], out=C.file_as_folder_parent(t)),
-        ("cannot create", "not a folder", "not a directory", "exists")),
+        ("cannot create", "not a folder", "not a directory", "exists", "in the way")),
     "output_parent_is_a_file_train": lambda t, a: Case(
         "train_cyclegan", _train(t, a, "--config", _tiny_config(t), out=C.file_as_folder_parent(t)),
         ("cannot create", "not a folder", "not a directory")),
@@ -225,7 +225,56 @@ CASES: dict[str, Callable[[Path, dict], Case]] = {
     "dip_sr_scale_3": lambda t, a: Case("dip_denoise", _dip(a["lattice"], t, "--task", "sr", "--scale", "3"),
                                         ("2 or 4", "scale"), usage=True),
     "dip_nan_input": lambda t, a: Case("dip_denoise", _dip(C.nan_float64_tiff(t / "in"), t), "nan"),
+    # --- second pass: inputs never deleted, periods checked, metadata, odd files (issue 14)
+    "prepare_overwrite_out_holds_micrographs": lambda t, a: _out_holds_inputs(t, a, "raw"),
+    "prepare_overwrite_out_holds_synthetic": lambda t, a: _out_holds_inputs(t, a, "synthetic"),
+    "prepare_overwrite_out_is_the_micrograph_folder": lambda t, a: _out_holds_inputs(t, a, "itself"),
+    "prepare_overwrite_foreign_manifest": lambda t, a: _keep(Case(
+        "prepare_data", _prepare(t, a["lattice"], a["synthetic"], "--overwrite", out=t / "home"), "did not write"),
+        _existing(t / "home" / "manifest.json", '{"my": "own notes"}'), _existing(t / "home" / "notes.txt")),
+    "denoise_out_is_input_folder": lambda t, a: Case(
+        "denoise", _denoise(a["root"], t, a)[:3] + ["--out", str(a["root"]), "--quiet", "--device", "cpu"],
+        "apart from the inputs"),
+    "denoise_period_ten_times_off": lambda t, a: Case(
+        "denoise", _denoise(C.write_lattice_tiff(t / "in", shape=(256, 256)), t, a, "--period", "128"),
+        ("128 px", "disagrees")),
+    "denoise_period_wrong_unit": lambda t, a: Case(
+        "denoise", _denoise(C.write_lattice_tiff(t / "in", shape=(256, 256)), t, a, "--period", "1.28"),
+        ("disagrees", "1.28")),
+    "denoise_period_absurd": lambda t, a: Case("denoise", _denoise(a["lattice"], t, a, "--period", "1e300"),
+                                               "does not fit"),
+    "train_manifest_negative_period": lambda t, a: Case(
+        "train_cyclegan", ["--data", str(C.patch_folder_variant(t / "d", manifest={"period_px": -12.8})),
+                           "--out", str(t / "run"), "--no-dashboard", "--no-progress", "--config", str(_tiny_config(t))],
+        "positive"),
+    "train_manifest_nan_period": lambda t, a: Case(
+        "train_cyclegan", ["--data", str(C.patch_folder_variant(t / "d", manifest={"period_px": float("nan")})),
+                           "--out", str(t / "run"), "--no-dashboard", "--no-progress", "--config", str(_tiny_config(t))],
+        "positive"),
+    "train_patch_smaller_than_crop": lambda t, a: Case(
+        "train_cyclegan", ["--data", str(C.patch_folder_variant(t / "d", small_patch=True)), "--out", str(t / "run"),
+                           "--no-dashboard", "--no-progress", "--config", str(_tiny_config(t, crop_px=32))],
+        ("a999.tif", "smaller than crop")),
+    "train_out_inside_data": lambda t, a: Case(
+        "train_cyclegan", _train(t, a, "--config", _tiny_config(t), out=a["data"] / "run"), "inside"),
+    "tiff_pages_of_two_sizes": lambda t, a: Case("lattice", _lattice(C.two_size_tiff(t / "in")),
+                                                 ("2 separate images", "dropped")),
+    "float64_beyond_float32": lambda t, a: Case("denoise", _denoise(C.float64_overflow_tiff(t / "in"), t, a),
+                                                "beyond the range"),
 }
+
+
+def _out_holds_inputs(t: Path, a: dict, where: str) -> Case:
+    """prepare_data --overwrite with --out a folder that looks like a dataset (it has a manifest) but holds the
+    user's micrographs or synthetic image: refused before any work, nothing deleted."""
+    out = t / "DATA"
+    raw, syn = C.dataset_holding_inputs(out, synthetic=None if where == "synthetic" else a["synthetic"])
+    if where == "itself":  # a micrograph folder that happens to hold a manifest.json, given as --out
+        (raw / "manifest.json").write_text('{"kind": "stem-denoise-patches", "patches": []}')
+        out = raw
+    files = [p for p in t.rglob("*") if p.is_file()]
+    return _keep(Case("prepare_data", _prepare(t, raw, syn, "--overwrite", out=out),
+                      ("holds the input", "is the input")), *files)
 
 
 def _keep(case: Case, *paths: Path) -> Case:
@@ -291,6 +340,16 @@ REQUIRED_KINDS = {
     "negative or zero period": ["zero_period_denoise", "negative_period_simulate"],
     "DIP mask of the wrong shape": ["dip_mask_wrong_shape"],
     "SR scale not 2 or 4": ["dip_sr_scale_3"],
+    # issue 14
+    "--overwrite onto a folder holding the inputs": ["prepare_overwrite_out_holds_micrographs",
+                                                     "prepare_overwrite_out_holds_synthetic",
+                                                     "prepare_overwrite_out_is_the_micrograph_folder"],
+    "--period far from the measured lattice": ["denoise_period_ten_times_off", "denoise_period_wrong_unit",
+                                               "denoise_period_absurd"],
+    "negative or NaN period_px in a manifest": ["train_manifest_negative_period", "train_manifest_nan_period"],
+    "training patch smaller than the crop": ["train_patch_smaller_than_crop"],
+    "TIFF pages of different sizes": ["tiff_pages_of_two_sizes"],
+    "float64 beyond float32": ["float64_beyond_float32"],
     # the unwritable output folder is in test_unwritable_output_folder below (it needs a real permission check)
 }
 
@@ -357,9 +416,9 @@ def test_bad_input_in_a_real_process(name, tmp_path, assets):
 
 WRITERS = ["simulate", "prepare_data", "train_cyclegan", "denoise", "dip_denoise", "benchmark"]
 # "ro": --out is an existing folder with mode r-x; "ro/sub": --out would have to be made inside it.
-# prepare_data builds the dataset beside --out and swaps it in whole, so an empty read-only --out is replaced
-# rather than written into; for it only the "ro/sub" case applies.
-UNWRITABLE = [(s, "ro") for s in WRITERS if s != "prepare_data"] + [(s, "ro/sub") for s in WRITERS]
+# prepare_data stages the dataset inside an existing --out (so a linked --out stays a link): a read-only one is
+# refused before any work, like every other script's.
+UNWRITABLE = [(s, "ro") for s in WRITERS] + [(s, "ro/sub") for s in WRITERS]
 UNWRITABLE_BUGS = {
 }
 
