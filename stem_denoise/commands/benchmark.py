@@ -7,6 +7,12 @@ stop), Gaussian (oracle sigma), median, non-local means and BM3D (Anscombe domai
 package is installed) and the Bragg (periodic Fourier) filter. Writes results.csv, results.md, figures/<case>.png,
 psnr_vs_dose.png and hallucinations_vs_dose.png into --out.
 
+Peers (--peers, or by name in --methods; the extra "bench" installs CAREamics and bm3d: pip install ".[bench]"):
+n2v2 and structn2v (CAREamics Noise2Void: N2V2, and N2V2 with the horizontal structN2V mask for row-correlated
+noise; trained on each test image alone, training time counted in s/MP) and supervised (the project's generator
+trained with L1 on the project simulator's noisy/clean pairs; the weights are cached in OUT/supervised/ or at
+--supervised-model and reused).
+
 Test sets (--cases): "simulated" (the project's own simulator, default), "independent" (a separately written
 simulator with other probes, backgrounds, lattices and white noise: evaluation/independent.py; its plots are
 psnr_vs_dose_independent.png and hallucinations_vs_dose_independent.png) or "both", reported apart.
@@ -34,7 +40,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stem_denoise.evaluation.benchmark import ALL_METHODS, CASE_SETS
+    from stem_denoise.evaluation.benchmark import (ALL_METHODS, CASE_SETS, PEERS, QUICK_N2V_STEPS,
+                                                    QUICK_SUPERVISED_STEPS)
     from stem_denoise.evaluation.independent import INDEPENDENT_KINDS
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -59,7 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dip-lattices", type=_names, default=None,
                    help="run DIP only on cases of these lattices (default: all; square with --quick)")
     p.add_argument("--methods", type=_names, default=None,
-                   help=f"comma-separated subset of: {', '.join(ALL_METHODS)}")
+                   help=f"comma-separated subset of: {', '.join(ALL_METHODS)} (default: all but the peers "
+                        f"{', '.join(PEERS)}, which --peers adds)")
+    p.add_argument("--peers", action="store_true",
+                   help="also run the peers: CAREamics N2V2 and structN2V (when installed) and the supervised "
+                        "baseline")
+    p.add_argument("--n2v-steps", type=int, default=None,
+                   help=f"Noise2Void training steps per image (default 200; {QUICK_N2V_STEPS} with --quick)")
+    p.add_argument("--n2v-max-size", type=int, default=1024,
+                   help="skip Noise2Void on micrographs with more than SIZE^2 pixels (default 1024)")
+    p.add_argument("--supervised-model", type=Path, default=None,
+                   help="supervised baseline weights: used when the file exists, trained and written there otherwise "
+                        "(default OUT/supervised/generator.pt, reused when trained with the same settings)")
+    p.add_argument("--supervised-steps", type=int, default=None,
+                   help=f"supervised baseline training steps (default 300; {QUICK_SUPERVISED_STEPS} with --quick)")
     p.add_argument("--doses", type=_floats, default=None, help="comma-separated doses (default 2,5,10,20)")
     p.add_argument("--lattices", type=_names, default=None, help="comma-separated lattices (default square,hex,"
                                                                  "perovskite)")
@@ -93,7 +113,9 @@ def main(argv=None) -> int:
         out_dir=args.out, quick=args.quick, data_dir=args.data, doses=args.doses, lattices=args.lattices,
         size=args.size, n_large=args.large, large_size=args.large_size, seed=args.seed, checkpoint=args.checkpoint,
         tta=args.tta, dip=not args.no_dip, dip_preset=args.dip_preset, dip_max_steps=args.dip_steps,
-        dip_max_size=args.dip_max_size, dip_lattices=args.dip_lattices, methods=args.methods, device=args.device,
+        dip_max_size=args.dip_max_size, dip_lattices=args.dip_lattices, methods=args.methods, peers=args.peers,
+        n2v_steps=args.n2v_steps, n2v_max_size=args.n2v_max_size, supervised_model=args.supervised_model,
+        supervised_steps=args.supervised_steps, device=args.device,
         cases=args.cases, independent_kinds=args.kinds, save_outputs=args.save_outputs,
         overwrite=args.overwrite, progress=not args.no_progress,
     )
@@ -105,13 +127,13 @@ def main(argv=None) -> int:
             continue
         if title:
             print(title)
-        print(f"{'method':32s} {'cases':>5s} {'PSNR dB':>8s} {'F1':>6s} {'lost':>5s} {'filled vac.':>12s} "
-              f"{'MP/s':>8s}")
+        print(f"{'method':40s} {'cases':>5s} {'PSNR dB':>8s} {'F1':>6s} {'lost':>5s} {'filled vac.':>12s} "
+              f"{'s/MP':>8s}")
         for name, a in aggregate(rows).items():
             filled = "n/a" if a["halluc_n"] is None else f"{a['halluc_n']}/{a['n_vacancies']}"
             label = a["label"] + (" [oracle]" if a["oracle"] else "")
-            print(f"{label:32s} {a['n_cases']:5d} {a['psnr']:8.2f} {a['f1']:6.3f} {a['lost']:5d} {filled:>12s} "
-                  f"{a['mpix_per_s']:8.3g}")
+            print(f"{label:40s} {a['n_cases']:5d} {a['psnr']:8.2f} {a['f1']:6.3f} {a['lost']:5d} {filled:>12s} "
+                  f"{a['s_per_mp']:8.3g}")
     for key in ("csv", "markdown", "psnr_plot", "hallucination_plot", "psnr_plot_independent",
                 "hallucination_plot_independent"):
         if key in result.paths:

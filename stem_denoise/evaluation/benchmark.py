@@ -48,7 +48,11 @@ QUICK_DIP_STEPS = 400
 PERIODS = (12.8, 11.0, 14.5)  # cycled over the cases: models must cope with more than one zoom
 CLASSICAL = ("noisy", "gaussian_oracle", "median", "nlm", "bm3d", "bragg")
 LEARNED = ("cyclegan", "dip")
-ALL_METHODS = CLASSICAL + LEARNED
+PEERS = ("n2v2", "structn2v", "supervised")  # the learned peers: run with BenchConfig.peers or by name
+ALL_METHODS = CLASSICAL + LEARNED + PEERS
+DEFAULT_METHODS = CLASSICAL + LEARNED
+QUICK_N2V_STEPS = 60
+QUICK_SUPERVISED_STEPS = 150
 CASE_SETS = ("simulated", "independent", "both")
 
 
@@ -279,7 +283,25 @@ def _nlm(noisy, ctx):
 
 
 def _bm3d(noisy, ctx):
-    return filters.bm3d_denoise(noisy, gain=ctx.gain, read_sigma=ctx.read_sigma)
+    corr_row, corr_col = _noise_correlations(noisy, ctx.period_px)
+    ctx.notes["corr_row"], ctx.notes["corr_col"] = round(corr_row, 3), round(corr_col, 3)
+    return filters.bm3d_denoise(noisy, gain=ctx.gain, read_sigma=ctx.read_sigma, corr_row=corr_row,
+                                corr_col=corr_col)
+
+
+def _noise_correlations(noisy, period_px) -> tuple[float, float]:
+    """Lag-1 noise correlations along the rows / down the columns, measured on the noisy image itself
+    (:func:`data_prep.noise_model.estimate_noise`); (0, 0) when the estimate fails."""
+    try:
+        from data_prep.noise_model import estimate_noise
+
+        est = estimate_noise(noisy, period_px)
+    except (ImportError, InputError, ValueError, RuntimeError):
+        return 0.0, 0.0
+    rr, rc = float(est.corr_row), float(est.corr_col)
+    if not (math.isfinite(rr) and math.isfinite(rc)):
+        return 0.0, 0.0
+    return rr, rc
 
 
 def _bragg(noisy, ctx):
@@ -293,7 +315,7 @@ def classical_methods() -> dict[str, Method]:
         "gaussian_oracle": Method("gaussian_oracle", _gaussian_oracle, "Gaussian (oracle sigma)", oracle=True),
         "median": Method("median", _median, "median"),
         "nlm": Method("nlm", _nlm, "NLM (Anscombe)"),
-        "bm3d": Method("bm3d", _bm3d, "BM3D (Anscombe)"),
+        "bm3d": Method("bm3d", _bm3d, "BM3D (Anscombe, measured noise PSD)"),
         "bragg": Method("bragg", _bragg, "Bragg filter"),
     }
 
@@ -338,6 +360,33 @@ def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None,
     if label is None:
         label = "CycleGAN (stitched" + (", TTA)" if tta else ")")
     return Method(name, fn, label)
+
+
+def n2v_method(name: str, *, steps: int | None = None, max_pixels: int | None = None, backend=None) -> Method:
+    """CAREamics Noise2Void trained on each test image alone (:mod:`stem_denoise.evaluation.peers`): ``name``
+    "n2v2" (N2V2, 8 flips and rotations) or "structn2v" (N2V2 with the horizontal structN2V mask, span 5, 4 flips);
+    ``steps`` overrides the variant's budget; images above ``max_pixels`` are skipped. The time of a row is
+    training plus prediction. ``backend``: for tests."""
+    from stem_denoise.evaluation import peers
+
+    base = {"n2v2": peers.N2V2, "structn2v": peers.STRUCT_N2V}[name]
+    settings = dataclasses.replace(base, steps=int(steps)) if steps else base
+    settings.validate()
+
+    def fn(noisy, ctx):
+        return peers.n2v_denoise(noisy, settings, seed=ctx.seed, backend=backend, notes=ctx.notes)
+
+    label = ("N2V2 + structN2V (CAREamics, per image)" if settings.struct_axis != "none"
+             else "N2V2 (CAREamics, per image)")
+    return Method(name, fn, label, max_pixels=max_pixels)
+
+
+def supervised_method(path: str | os.PathLike, *, device: str | None = None, tta: bool = False) -> Method:
+    """The supervised-on-simulation baseline's export at ``path`` (:mod:`stem_denoise.evaluation.supervised`), run
+    through the same stitched-tile inference as the CycleGAN."""
+    m = cyclegan_method(path, device=device, tta=tta, name="supervised",
+                        label="supervised on simulation (stitched" + (", TTA)" if tta else ")"))
+    return m
 
 
 def dip_method(*, preset: str | None = None, max_steps: int | None = None, device: str | None = None,
@@ -395,6 +444,11 @@ class BenchConfig:
     dip_max_size: int = 1024
     dip_lattices: tuple[str, ...] | None = None
     methods: tuple[str, ...] | None = None
+    peers: bool = False
+    n2v_steps: int | None = None
+    n2v_max_size: int = 1024
+    supervised_model: Path | None = None
+    supervised_steps: int | None = None
     device: str | None = None
     cases: Literal["simulated", "independent", "both"] = "simulated"
     independent_kinds: tuple[str, ...] | None = None
@@ -424,6 +478,14 @@ class BenchConfig:
             bad = [x for x in self.dip_lattices if x not in ("square", "rect", "hex", "perovskite")]
             if bad or not self.dip_lattices:
                 raise ConfigError(f"unknown DIP lattice(s) {bad}; choose from square, rect, hex, perovskite")
+        if self.n2v_steps is not None and int(self.n2v_steps) < 1:
+            raise ConfigError(f"N2V steps must be >= 1, got {self.n2v_steps}")
+        if int(self.n2v_max_size) < 16:
+            raise ConfigError(f"n2v_max_size must be >= 16 px, got {self.n2v_max_size}")
+        if self.supervised_steps is not None and int(self.supervised_steps) < 1:
+            raise ConfigError(f"supervised steps must be >= 1, got {self.supervised_steps}")
+        if self.supervised_model is not None and Path(self.supervised_model).is_dir():
+            raise InputError(f"--supervised-model {self.supervised_model} is a folder; give a file path")
         if self.dip_max_steps is not None and int(self.dip_max_steps) < 1:
             raise ConfigError(f"DIP steps must be >= 1, got {self.dip_max_steps}")
         if int(self.dip_max_size) < 16:
@@ -461,16 +523,17 @@ class BenchResult:
     errors: list[str]
 
 
-def build_methods(cfg: BenchConfig) -> tuple[list[Method], list[str]]:
+def build_methods(cfg: BenchConfig, *, log=print) -> tuple[list[Method], list[str]]:
     """The methods to run and a list of ``"name: reason"`` for the ones left out."""
-    wanted = list(cfg.methods) if cfg.methods else list(ALL_METHODS)
+    wanted = list(cfg.methods) if cfg.methods else list(DEFAULT_METHODS + (PEERS if cfg.peers else ()))
     methods: list[Method] = []
     skipped: list[str] = []
     classical = classical_methods()
     for name in wanted:
         if name in classical:
             if name == "bm3d" and not filters.bm3d_available():
-                skipped.append("bm3d: the optional 'bm3d' package is not installed (non-commercial licence)")
+                skipped.append("bm3d: the optional 'bm3d' package is not installed (non-commercial licence; "
+                               "pip install '.[bench]')")
                 continue
             methods.append(classical[name])
         elif name == "cyclegan":
@@ -493,7 +556,30 @@ def build_methods(cfg: BenchConfig) -> tuple[list[Method], list[str]]:
                                           max_pixels=int(cfg.dip_max_size) ** 2, lattices=only))
             except ImportError as exc:
                 skipped.append(f"dip: dip_baseline.api is not available ({exc})")
+        elif name in ("n2v2", "structn2v"):
+            from stem_denoise.evaluation.peers import MISSING, careamics_available
+
+            if not careamics_available():
+                skipped.append(f"{name}: {MISSING}")
+                continue
+            steps = cfg.n2v_steps or (QUICK_N2V_STEPS if cfg.quick else None)
+            methods.append(n2v_method(name, steps=steps, max_pixels=int(cfg.n2v_max_size) ** 2))
+        elif name == "supervised":
+            methods.append(supervised_method(prepare_supervised(cfg, log=log), device=cfg.device, tta=cfg.tta))
     return methods, skipped
+
+
+def prepare_supervised(cfg: BenchConfig, *, log=print) -> Path:
+    """The supervised baseline's weights: ``cfg.supervised_model`` (used as it is when the file exists, trained
+    there otherwise) or ``<out>/supervised/generator.pt`` (reused when trained with the same settings)."""
+    from stem_denoise.evaluation.supervised import SupervisedSettings, ensure_supervised
+
+    steps = cfg.supervised_steps or (QUICK_SUPERVISED_STEPS if cfg.quick else None)
+    settings = SupervisedSettings(seed=cfg.seed, **({"steps": int(steps)} if steps else {}))
+    explicit = cfg.supervised_model is not None
+    path = Path(cfg.supervised_model) if explicit else Path(cfg.out_dir) / "supervised" / "generator.pt"
+    path, _, _ = ensure_supervised(path, settings, reuse_any=explicit and cfg.supervised_steps is None, log=log)
+    return path
 
 
 def _measured_period(case: Case) -> tuple[float, str]:
@@ -581,6 +667,7 @@ def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, r
         "dose": case.dose if case.dose is not None else float("nan"),
         "height": h, "width": w, "method": m.name, "label": m.label, "oracle": m.oracle,
         "time_s": elapsed, "mpix_per_s": (h * w / 1e6) / elapsed if elapsed > 0 else float("inf"),
+        "s_per_mp": elapsed / (h * w / 1e6),
         "period_px": period, "period_source": period_src, "hidden_columns": case.hidden_columns,
     }
     row.update(metrics)
@@ -623,7 +710,7 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
     make_output_dir(out_dir)
     make_output_dir(out_dir / "figures")
 
-    methods, skipped = build_methods(cfg)
+    methods, skipped = build_methods(cfg, log=log)
     if not methods:
         raise InputError("no method to run")
     for s in skipped:

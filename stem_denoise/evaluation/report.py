@@ -23,7 +23,7 @@ from stem_denoise.common.columns import gaussian_lowpass
 CSV_COLUMNS = (
     "case", "lattice", "set", "dose", "height", "width", "method", "label", "oracle", "psnr", "ssim", "n_true",
     "n_found", "tp", "fp", "lost", "precision", "recall", "f1", "rmse_px", "rmse_pm", "n_vacancies", "hallucinations",
-    "halluc_peak", "halluc_intensity", "intensity_corr", "dent_corr", "noise_left", "time_s", "mpix_per_s",
+    "halluc_peak", "halluc_intensity", "intensity_corr", "dent_corr", "noise_left", "time_s", "mpix_per_s", "s_per_mp",
     "period_px", "period_source", "hidden_columns", "notes",
 )
 
@@ -39,7 +39,7 @@ TABLE_COLUMNS = (
     ("intensity_corr", "col. int. r", True, "{:.3f}"),
     ("dent_corr", "dent r", True, "{:.3f}"),
     ("noise_left", "noise left", False, "{:.3f}"),
-    ("mpix_per_s", "MP/s", True, "{:.3g}"),
+    ("s_per_mp", "s/MP", False, "{:.3g}"),
 )
 
 
@@ -99,7 +99,8 @@ def _dose_key(r: dict):
 def aggregate(rows: Sequence[dict]) -> "OrderedDict[str, dict]":
     """Per method (first-seen order): means of PSNR, SSIM, F1, RMSE (pm when every case knows its pixel size,
     else px), correlations; sums of lost, invented (false positives), filled vacancies and vacancies; megapixels
-    per second over all its cases."""
+    per second and seconds per megapixel over all its cases (for methods that train on each image, DIP and
+    Noise2Void, the time includes the training)."""
     by_method: "OrderedDict[str, list[dict]]" = OrderedDict()
     for r in rows:
         by_method.setdefault(r["method"], []).append(r)
@@ -128,6 +129,7 @@ def aggregate(rows: Sequence[dict]) -> "OrderedDict[str, dict]":
             "dent_corr": _nanmean(r.get("dent_corr") for r in rs),
             "noise_left": _nanmean(r.get("noise_left") for r in rs),
             "mpix_per_s": px / 1e6 / t if t > 0 else float("inf"),
+            "s_per_mp": t / (px / 1e6) if px > 0 else float("nan"),
             "n_cases": len(rs),
         }
     return out
@@ -184,6 +186,70 @@ def _dose_tables(rows: Sequence[dict], heading: str) -> list[str]:
     return lines
 
 
+def _bold_best(values: dict, higher: bool) -> set:
+    finite = {k: v for k, v in values.items() if math.isfinite(v)}
+    if not finite:
+        return set()
+    target = max(finite.values()) if higher else min(finite.values())
+    return {k for k, v in finite.items() if v == target}
+
+
+def psnr_by_dose_table(rows: Sequence[dict]) -> list[str]:
+    """Markdown table: one line per method, its mean PSNR (dB) at each dose, then its seconds per megapixel over
+    all its cases; the best per column in bold (the noisy input is a reference and never bold)."""
+    doses = sorted({d for d in (_dose_key(r) for r in rows) if d is not None})
+    methods = list(OrderedDict.fromkeys(r["method"] for r in rows))
+    cols: dict[str, dict[str, float]] = {}
+    for d in doses:
+        cols[f"{d:g}"] = {m: _nanmean(r.get("psnr") for r in rows if r["method"] == m and _dose_key(r) == d)
+                          for m in methods}
+    speed = {m: aggregate([r for r in rows if r["method"] == m])[m]["s_per_mp"] for m in methods}
+    contenders = [m for m in methods if m != "noisy"]
+    best = {k: _bold_best({m: v[m] for m in contenders}, True) for k, v in cols.items()}
+    best_speed = _bold_best({m: speed[m] for m in contenders}, False)
+    lines = ["| method | " + " | ".join(f"dose {k}" for k in cols) + " | s/MP |", "|" + "---|" * (len(cols) + 2)]
+    for m in methods:
+        first = next(r for r in rows if r["method"] == m)
+        label = first.get("label", m) + (" **[oracle]**" if first.get("oracle") else "")
+        cells = []
+        for k, v in cols.items():
+            text = f"{v[m]:.2f}" if math.isfinite(v[m]) else "n/a"
+            cells.append(f"**{text}**" if m in best[k] else text)
+        sp = f"{speed[m]:.3g}" if math.isfinite(speed[m]) else "n/a"
+        cells.append(f"**{sp}**" if m in best_speed else sp)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def versus_table(rows: Sequence[dict], ref: str = "cyclegan") -> list[str]:
+    """Markdown table: for every other method, the mean PSNR difference ``ref - method`` (dB) per dose over the
+    cases both ran, and on how many of those cases ``ref`` was better; positive = ``ref`` better. Empty when
+    ``ref`` has no rows."""
+    by = {(r["case"], r["method"]): _num(r.get("psnr")) for r in rows}
+    if not any(m == ref for _, m in by):
+        return []
+    doses = sorted({d for d in (_dose_key(r) for r in rows) if d is not None})
+    methods = [m for m in OrderedDict.fromkeys(r["method"] for r in rows) if m not in (ref, "noisy")]
+    dose_of = {r["case"]: _dose_key(r) for r in rows}
+    ref_label = next(r.get("label", ref) for r in rows if r["method"] == ref)
+    lines = [f"| {ref_label} minus ... | " + " | ".join(f"dose {d:g}" for d in doses) + " | cases won |",
+             "|" + "---|" * (len(doses) + 2)]
+    for m in methods:
+        cells, won, total = [], 0, 0
+        for d in doses:
+            diffs = []
+            for case in (c for c, dd in dose_of.items() if dd == d):
+                a, b = by.get((case, ref)), by.get((case, m))
+                if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
+                    diffs.append(a - b)
+            won += sum(1 for x in diffs if x > 0)
+            total += len(diffs)
+            cells.append(f"{np.mean(diffs):+.2f}" if diffs else "n/a")
+        label = next(r.get("label", m) for r in rows if r["method"] == m)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {won}/{total} |")
+    return lines
+
+
 def _psnr_by_lattice(rows: Sequence[dict]) -> list[str]:
     """A table of mean PSNR (dB) per method (rows) and lattice kind (columns), over all doses."""
     kinds = list(OrderedDict.fromkeys(str(r.get("lattice", "")) for r in rows))
@@ -216,6 +282,16 @@ INDEPENDENT_INTRO = [
 ]
 
 
+def _summary_sections(rows: Sequence[dict], prefix: str) -> list[str]:
+    lines = [f"## {prefix}PSNR dB by dose (mean over cases) and seconds per megapixel", ""]
+    lines += psnr_by_dose_table(rows) + [""]
+    vs = versus_table(rows)
+    if vs:
+        lines += [f"## {prefix}where the CycleGAN stands: its PSNR minus each method's (dB, same cases)", ""]
+        lines += vs + [""]
+    return lines
+
+
 def write_markdown(rows: Sequence[dict], path: str | Path, *, skipped: Sequence[str] = (),
                    errors: Sequence[str] = (), config: dict | None = None) -> None:
     """``results.md``: how to read it, one table per dose (means over that dose's cases, best per column in bold,
@@ -236,14 +312,18 @@ def write_markdown(rows: Sequence[dict], path: str | Path, *, skipped: Sequence[
         "halfway to the neighbouring columns'), out of all vacancies (CSV: `halluc_peak`, `halluc_intensity` for",
         "each part alone); *col. int. r*:",
         "correlation of column intensities (disc of radius period/4 at the true positions) with the truth's;",
-        "*dent r*: correlation of the one-period low-pass (slow intensity, dents) with the truth's; *MP/s*: megapixels",
-        "of input per second. Means over the cases of each dose (counts summed). Best per column in **bold**;",
+        "*dent r*: correlation of the one-period low-pass (slow intensity, dents) with the truth's; *s/MP*: seconds",
+        "per megapixel of input (training included for the methods that train on each image: DIP, Noise2Void).",
+        "Means over the cases of each dose (counts summed). Best per column in **bold**;",
         "the noisy input is the reference and the Gaussian's sigma is chosen with the truth (**oracle**).",
         "",
     ]
+    if main_rows:
+        lines += _summary_sections(main_rows, "")
     lines += _dose_tables(main_rows, "Dose ")
     if ind_rows:
         lines += INDEPENDENT_INTRO
+        lines += _summary_sections(ind_rows, "Independent validation set: ")
         lines += _dose_tables(ind_rows, "Independent validation set, dose ")
         lines += ["## Independent validation set, PSNR dB by lattice kind (mean over doses)", ""]
         lines += _psnr_by_lattice(ind_rows) + [""]
@@ -273,7 +353,8 @@ def dose_plot(rows: Sequence[dict], metric: str, path: str | Path, *, ylabel: st
     plt = _mpl()
     doses = sorted({d for d in (_dose_key(r) for r in rows) if d is not None})
     methods = list(OrderedDict.fromkeys(r["method"] for r in rows))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.6, 4.4))
+    colours = plt.get_cmap("tab20").colors if len(methods) > 10 else plt.get_cmap("tab10").colors
     for name in methods:
         xs, ys = [], []
         label = name
@@ -289,8 +370,9 @@ def dose_plot(rows: Sequence[dict], metric: str, path: str | Path, *, ylabel: st
                 ys.append(v)
         if xs:
             style = "--" if name == "noisy" else "-"
-            marker = "osD^v<>ph*"[methods.index(name) % 10]
-            ax.plot(xs, ys, style, marker=marker, label=label, alpha=0.85)
+            i = methods.index(name)
+            ax.plot(xs, ys, style, marker="osD^v<>ph*"[i % 10], color=colours[i % len(colours)], label=label,
+                    alpha=0.85)
     if doses:
         from matplotlib.ticker import NullFormatter, NullLocator
 
@@ -305,7 +387,10 @@ def dose_plot(rows: Sequence[dict], metric: str, path: str | Path, *, ylabel: st
         ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # no legend for a plot with nothing drawn (no dose values)
-        ax.legend(fontsize=8, loc="best")
+        if len(methods) > 6:  # many methods: the legend beside the axes, not over the lines
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        else:
+            ax.legend(fontsize=8, loc="best")
     _save_fig(fig, Path(path))
     plt.close(fig)
 
