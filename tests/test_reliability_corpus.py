@@ -249,8 +249,8 @@ def test_two_runs_on_one_batch_share_the_work(tmp_path, gen, capsys, monkeypatch
 
 FULL_DISK_DRIVER = """
 import sys
-import data_prep.io as dio
-dio._STREAM_BYTES = 1 << 20  # outputs above 1 MiB go through a memory-mapped file, as 64 MiB ones do
+import data_prep.io.write as io_write
+io_write._STREAM_BYTES = 1 << 20  # outputs above 1 MiB go through a memory-mapped file, as 64 MiB ones do
 from stem_denoise.commands import denoise
 from stem_denoise.common.cli import run_main
 run_main(denoise.main, sys.argv[1:])

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from stem_denoise.common.errors import InputError
-from data_prep import io as dio
 from data_prep.io import (
     MicrographMeta,
     canonical_length_unit,
@@ -30,6 +28,10 @@ from data_prep.io import (
     validate_image,
     write_micrograph,
 )
+from data_prep.io import checks as io_checks
+from data_prep.io import tiff as io_tiff
+from data_prep.io import write as io_write
+from stem_denoise.common.errors import InputError
 
 RNG = np.random.default_rng(1234)
 
@@ -163,7 +165,7 @@ def test_bigtiff_and_big_endian_and_compressed_tiffs(tmp_path, decode_path):
 
 
 def test_writer_switches_to_bigtiff_past_4_gib(tmp_path, monkeypatch):
-    monkeypatch.setattr(dio, "_CLASSIC_TIFF_LIMIT", 100)
+    monkeypatch.setattr(io_write, "_CLASSIC_TIFF_LIMIT", 100)
     img = noisy(dtype="float32")
     write_micrograph(tmp_path / "b.tif", img, MicrographMeta("float32", 2.0, "nm", "", img.shape))
     with tifffile.TiffFile(tmp_path / "b.tif") as tif:
@@ -291,7 +293,8 @@ def _stack(tmp_path: Path) -> tuple[np.ndarray, dict[str, Path]]:
 def decode_path(request, monkeypatch):
     """Run a test both ways: small TIFFs decoded at once, large ones mapped or read page by page."""
     if request.param == "large":
-        monkeypatch.setattr(dio, "_STREAM_BYTES", 0)
+        monkeypatch.setattr(io_tiff, "_STREAM_BYTES", 0)
+        monkeypatch.setattr(io_checks, "_STREAM_BYTES", 0)
     return request.param
 
 
@@ -481,8 +484,9 @@ def test_huge_declared_size_fails_fast_without_allocating(tmp_path):
 def test_honest_but_too_big_for_memory_is_refused(tmp_path, monkeypatch):
     img = noisy(dtype="uint16")
     tifffile.imwrite(tmp_path / "a.tif", img, compression="zlib")
-    monkeypatch.setattr(dio, "_STREAM_BYTES", 0)  # small files are otherwise decoded at once
-    monkeypatch.setattr(dio, "_memory_limit_bytes", lambda: 1000)
+    monkeypatch.setattr(io_tiff, "_STREAM_BYTES", 0)  # small files are otherwise decoded at once
+    monkeypatch.setattr(io_checks, "_STREAM_BYTES", 0)  # and not checked against memory
+    monkeypatch.setattr(io_checks, "_memory_limit_bytes", lambda: 1000)
     with pytest.raises(InputError, match=r"a\.tif: .*more than this machine's"):
         read_micrograph(tmp_path / "a.tif")
 
@@ -643,8 +647,8 @@ def test_failure_inside_the_writer_leaves_no_partial_file(tmp_path, monkeypatch)
 
 
 def test_streamed_write_matches_and_failure_mid_stream_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(dio, "_STREAM_BYTES", 0)
-    monkeypatch.setattr(dio, "_CHUNK_PIXELS", 64)  # many strips
+    monkeypatch.setattr(io_write, "_STREAM_BYTES", 0)
+    monkeypatch.setattr(io_checks, "_CHUNK_PIXELS", 64)  # many strips
     img = noisy((40, 30), "float32", 60000.0)
     meta = MicrographMeta("uint16", 0.02, "nm", "", img.shape)
     write_micrograph(tmp_path / "s.tif", img, meta)
@@ -652,7 +656,7 @@ def test_streamed_write_matches_and_failure_mid_stream_leaves_nothing(tmp_path, 
     np.testing.assert_array_equal(back, np.clip(np.rint(img), 0, 65535))
     assert (m.source_dtype, m.unit) == ("uint16", "nm") and m.pixel_size == pytest.approx(0.02)
     calls = {"n": 0}
-    real = dio._convert_block
+    real = io_write._convert_block
 
     def fail_on_third(block, dtype, path):
         calls["n"] += 1
@@ -660,7 +664,7 @@ def test_streamed_write_matches_and_failure_mid_stream_leaves_nothing(tmp_path, 
             raise RuntimeError("killed mid-way")
         return real(block, dtype, path)
 
-    monkeypatch.setattr(dio, "_convert_block", fail_on_third)
+    monkeypatch.setattr(io_write, "_convert_block", fail_on_third)
     with pytest.raises(RuntimeError):
         write_micrograph(tmp_path / "t.tif", img, meta)
     assert not (tmp_path / "t.tif").exists() and no_temp_files(tmp_path)
@@ -790,8 +794,8 @@ def test_temporary_memmap_leaves_nothing(tmp_path):
 
 
 def test_streamed_write_from_a_memmap_source(tmp_path, monkeypatch):
-    monkeypatch.setattr(dio, "_STREAM_BYTES", 0)
-    monkeypatch.setattr(dio, "_CHUNK_PIXELS", 100)
+    monkeypatch.setattr(io_write, "_STREAM_BYTES", 0)
+    monkeypatch.setattr(io_checks, "_CHUNK_PIXELS", 100)
     img = noisy((64, 48), "float32", 200.0)
     with temporary_memmap(img.shape, "float32", dir=tmp_path) as acc:
         acc[:] = img
