@@ -8,8 +8,8 @@ Two kinds of file exist, told apart by their ``"kind"`` entry:
   the atom scale it was trained at (``info["patch_px"]``, ``info["atoms_per_patch"]``, ``info["period_px"]``, the
   lattice period in the model's pixel space); this is what inference loads.
 
-The project ships one generator export, ``stem_denoise/models/default.pt`` (see ``stem_denoise/models/README.md``); :func:`default_model_path`
-finds it (or the file the environment variable ``STEM_DENOISE_MODEL`` names instead).
+The project ships one generator export, ``stem_denoise/models/default.pt`` (see ``stem_denoise/models/README.md``);
+:func:`default_model_path` finds it (or the file the environment variable ``STEM_DENOISE_MODEL`` names instead).
 
 Every file is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers: a
 crafted pickle that would run code is refused. Every failure (missing, truncated, unsafe, wrong kind, another
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cyclegan.models import GeneratorConfig, build_generator
 from stem_denoise.common.atomic import atomic_path
 from stem_denoise.common.errors import CheckpointError, ConfigError
-from cyclegan.models import GeneratorConfig, build_generator
 
 DEFAULT_MODEL_ENV = "STEM_DENOISE_MODEL"
 DEFAULT_MODEL_RELPATH = Path("stem_denoise") / "models" / "default.pt"

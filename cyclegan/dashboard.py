@@ -765,7 +765,8 @@ def fetch_frontend_assets(
 
     ``static_dir`` defaults to the user cache folder (:func:`frontend_dir`), never visdom's installed package. Only
     missing files are fetched unless ``force``. npm runs with ``--prefer-offline``, so its cache is used when it
-    holds the packages. Each file is written atomically. Returns the paths written. Raises :class:`InputError` when npm is absent or fails (e.g. no network and an empty
+    holds the packages. Each file is written atomically. Returns the paths written. Raises :class:`InputError` when npm
+    is absent or fails (e.g. no network and an empty
     npm cache) or a package lacks an expected file.
     """
     root = Path(static_dir) if static_dir is not None else frontend_dir()
@@ -784,7 +785,8 @@ def fetch_frontend_assets(
             try:
                 proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                raise InputError(f"`npm pack` took longer than {timeout_s:g} s; check the npm registry access") from None
+                raise InputError(f"`npm pack` took longer than {timeout_s:g} s; check the npm registry access") \
+                    from None
             except OSError as exc:
                 raise InputError(f"cannot run {npm_exe}: {exc.strerror or exc}") from None
             if proc.returncode != 0:

@@ -1,18 +1,20 @@
-"""Dent masks and dented targets: the reference recipe (the predecessor project's), with window sizes that follow the lattice period.
+"""Dent masks and dented targets: the reference recipe (the predecessor project's), with window sizes that follow the
+lattice period.
 
 A *dent* is a thinner region of the specimen. In an ADF/HAADF image it scales the intensity of every column in it
 (and the background under them) by the local relative thickness, so it shows as a slow dark patch under the
 lattice. The clean training domain (the synthetic lattice) has no dents; a generator trained against it learns to
-remove them. The reference recipe's fix (the predecessor project's), reproduced here, is to measure a *dent mask* on each micrograph and add it to
-synthetic lattice images at the micrograph's zoom (*dented targets*), so the clean domain holds dents like the
+remove them. The reference recipe's fix (the predecessor project's), reproduced here, is to measure a *dent mask* on
+each micrograph and add it to synthetic lattice images at the micrograph's zoom (*dented targets*), so the clean domain
+holds dents like the
 micrographs'.
 
 Mask recipe (:func:`dent_mask`), each step a function of its own:
 
 1. subtract the image's mean (:func:`subtract_mean`);
 2. smooth: ``"seed"`` averages each window (:func:`window_mean`), ``"min"`` takes the minimum of each window
-   (:func:`window_min`, the reference recipe's "lowest neighbour within Chebyshev distance 3"), ``"mean"`` averages a wider
-   window (the reference recipe's "mean of neighbours within Chebyshev distance 5");
+   (:func:`window_min`, the reference recipe's "lowest neighbour within Chebyshev distance 3"), ``"mean"`` averages a
+   wider window (the reference recipe's "mean of neighbours within Chebyshev distance 5");
 3. turn the dent upwards: for ``polarity="dark"`` (the usual thinner-is-darker dent) the smoothed map is negated,
    for ``"bright"`` it is kept;
 4. stretch to 0-255 (:func:`to_0_255`: min to 0, max to 255, both taken over the pixels at least half a window
@@ -22,9 +24,9 @@ Mask recipe (:func:`dent_mask`), each step a function of its own:
    dent alone;
 6. Gaussian blur (:func:`gaussian_blur`), which softens the step left by the threshold.
 
-Window and blur scale -- the one departure from the reference recipe's literal sizes. On an atomic-resolution micrograph a
-5 x 5 px average still holds the lattice (columns are 6-40 px apart), so the thresholded map is a grid of column
-blobs plus noise, not a dent. By default (``scale="period"``) every size is measured in lattice periods:
+Window and blur scale -- the one departure from the reference recipe's literal sizes. On an atomic-resolution
+micrograph a 5 x 5 px average still holds the lattice (columns are 6-40 px apart), so the thresholded map is a grid of
+column blobs plus noise, not a dent. By default (``scale="period"``) every size is measured in lattice periods:
 
 * ``"seed"``: mean over a window of two periods. One period is the smallest window that spans a unit cell, but on
   a turned lattice it leaves a ripple, and the 0-255 stretch anchors 0 at the most extreme fluctuation outside
@@ -36,8 +38,8 @@ blobs plus noise, not a dent. By default (``scale="period"``) every size is meas
   averaging it follows the background floor between columns, which a dent lowers too);
 * blur: sigma of one period.
 
-``scale="pixels"`` gives the reference recipe's literal sizes (5, 7 and 11 px windows, no pre-averaging, blur sigma 1 px);
-``window_px`` and ``blur_px`` override either. Windows are square, odd-sized (Chebyshev radius
+``scale="pixels"`` gives the reference recipe's literal sizes (5, 7 and 11 px windows, no pre-averaging, blur
+sigma 1 px); ``window_px`` and ``blur_px`` override either. Windows are square, odd-sized (Chebyshev radius
 ``(size - 1) / 2``), with mirror reflection at the image border. Where the mask is: :func:`mask_region`
 (``mask >= threshold / 2``, the thresholded region before the blur). Limits: a slow additive background as
 strong as the dent is part of the low-pass too and widens a shallow-sided (Gaussian) dent's mask.
@@ -54,8 +56,8 @@ micrograph's (correlation >= 0.9 on simulated dents, tested). Two ways:
 * ``mode="scale"`` (default, physical): a dent scales intensity, so the target is scaled about the physical zero
   level ``z0`` by ``1 + amplitude * mask / 255 / (offset - z0)``: column peaks and background drop together, as
   in the micrograph, and the low-pass changes by exactly ``amplitude * mask / 255``;
-* ``mode="add"`` (the reference recipe's literal "add the mask"): ``target + amplitude * mask / 255``; the same low-pass, but
-  the column contrast inside the dent is not reduced.
+* ``mode="add"`` (the reference recipe's literal "add the mask"): ``target + amplitude * mask / 255``; the same
+  low-pass, but the column contrast inside the dent is not reduced.
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ __all__ = [
 DENT_METHODS = ("seed", "min", "mean")
 #: The reference recipe's literal window sizes in pixels (Chebyshev radius 2, 3 and 5).
 SEED_WINDOW_PX = {"seed": 5, "min": 7, "mean": 11}
-#: Blur sigma (px) used with ``scale="pixels"``; the reference recipe does not give one, a 5 x 5 Gaussian kernel is ~1 px.
+#: Blur sigma (px) used with ``scale="pixels"``; the reference recipe gives none (a 5 x 5 Gaussian kernel is ~1 px).
 SEED_BLUR_PX = 1.0
 #: Default window sizes in lattice periods (``scale="period"``).
 PERIOD_WINDOW = {"seed": 2.0, "min": 1.0, "mean": 3.0}

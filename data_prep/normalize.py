@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from stem_denoise.common.errors import InputError
 from data_prep.io import release_memmap_pages
+from stem_denoise.common.errors import InputError
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "sample_pixels", "robust_range", "normalize", "denormalize"]
 

@@ -34,10 +34,10 @@ from typing import Annotated, Literal, Sequence, Union
 import numpy as np
 from pydantic import ConfigDict, Discriminator, Field, Tag, model_validator
 
+from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
 from stem_denoise.common.atomic import atomic_write_bytes
 from stem_denoise.common.config import Config, Interval
 from stem_denoise.common.errors import ConfigError, InputError
-from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
 
 __all__ = [
     "LATTICES",
@@ -655,7 +655,8 @@ def synthetic_lattice(
 
     The image holds ``n_cells`` unit cells (rows of columns for hex) along each axis (``n_cells * period``
     pixels, rounded); with ``angle_deg=0`` square, rect and perovskite images are periodic across their borders
-    when the periods are whole pixels (hex ones vertically only for even ``n_cells``). Peaks are Gaussian (sigma as in :class:`SimParams`) of height 1 for an A column (``b_weight``
+    when the periods are whole pixels (hex ones vertically only for even ``n_cells``). Peaks are Gaussian (sigma as in
+    :class:`SimParams`) of height 1 for an A column (``b_weight``
     for a perovskite B column) on a flat ``background`` (0 = vacuum). Units: pixels, degrees.
     """
     if lattice not in LATTICES:

@@ -7,8 +7,8 @@ returns it in the input's dtype (integers rounded and clipped to the type's rang
 
 Any size works: the network's canvas is padded to its multiple internally and cropped back, so no border pixel
 is lost. Micrographs larger than ``tile`` x ``tile`` px (denoising and inpainting) run tile by tile through
-:func:`stem_denoise.common.tiling.map_tiles` (one tile at a time, overlapping tiles blended smoothly), each tile being its
-own DIP fit on the same whole-image normalisation; for inpainting the missing pixels travel through the tiler
+:func:`stem_denoise.common.tiling.map_tiles` (one tile at a time, overlapping tiles blended smoothly), each tile being
+its own DIP fit on the same whole-image normalisation; for inpainting the missing pixels travel through the tiler
 as NaN and become each tile's mask. Super-resolution always runs on the whole image.
 """
 from __future__ import annotations
@@ -18,15 +18,15 @@ import time
 
 import numpy as np
 
-from stem_denoise.common.device import pick_device
-from stem_denoise.common.errors import InputError
-from stem_denoise.common.precision import describe_precision
 from data_prep.io import validate_image
 from data_prep.normalize import denormalize, normalize, robust_range
 from dip_baseline.net import SkipNetConfig
 from dip_baseline.optimize import SR_SCALES, TASKS, dip_precision, fit_dip
 from dip_baseline.presets import DEFAULT_PRESET, DipPreset, DipSettings, get_preset
 from dip_baseline.stopping import STOP_RULES
+from stem_denoise.common.device import pick_device
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.precision import describe_precision
 
 MIN_SIDE = 8
 DEFAULT_TILE = 256

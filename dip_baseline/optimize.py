@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from stem_denoise.common.device import pick_device
-from stem_denoise.common.errors import InputError
-from stem_denoise.common.precision import describe_precision, resolve_precision
 from dip_baseline.lanczos import LanczosDownsampler
 from dip_baseline.net import SkipNetConfig, build_skipnet, count_parameters
 from dip_baseline.presets import DipSettings
 from dip_baseline.stopping import ValidationStopper, WindowedVarianceStopper, holdout_pixels
+from stem_denoise.common.device import pick_device
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.precision import describe_precision, resolve_precision
 
 TASKS = ("denoise", "inpaint", "sr")
 MIN_HOLDOUT_PIXELS = 16
@@ -66,8 +66,8 @@ def dip_precision(precision: str | None, device: torch.device, settings: DipSett
                   ) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype, None for float32; whether float16 loss scaling is on) for ``precision`` on ``device``.
 
-    As :func:`stem_denoise.common.precision.resolve_precision`, except that "auto" on a CUDA device without bf16 keeps the
-    float16 (+ loss scaling) the DIP has always used there, and that ``settings.amp = False`` turns "auto" into
+    As :func:`stem_denoise.common.precision.resolve_precision`, except that "auto" on a CUDA device without bf16 keeps
+    the float16 (+ loss scaling) the DIP has always used there, and that ``settings.amp = False`` turns "auto" into
     float32 (an explicit "bf16" still wins). InputError for an unknown name or bf16 on a GPU without it.
     """
     dtype = resolve_precision(precision, device)  # checks the name first

@@ -20,10 +20,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from stem_denoise.common.config import Config
-from stem_denoise.common.errors import ConfigError
 from dip_baseline.net import SkipNetConfig
 from dip_baseline.stopping import AUTO_RULES, STOP_RULES, HoldoutConfig, WMVConfig
+from stem_denoise.common.config import Config
+from stem_denoise.common.errors import ConfigError
 
 DEFAULT_PRESET = "light"
 

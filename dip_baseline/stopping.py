@@ -64,8 +64,8 @@ class WindowedVarianceStopper:
     Running sums make each update O(pixels) whatever the window.
     """
 
-    def __init__(self, cfg: WMVConfig = WMVConfig()):
-        self.cfg = cfg
+    def __init__(self, cfg: WMVConfig | None = None):
+        self.cfg = WMVConfig() if cfg is None else cfg
         self._buf: deque[torch.Tensor] = deque()
         self._sum: torch.Tensor | None = None
         self._sumsq = 0.0

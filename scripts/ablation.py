@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/ablation.py`` runs :mod:`stem_denoise.commands.ablation` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.ablation` (``--help`` for its options)."""
 from stem_denoise.commands.ablation import main
 from stem_denoise.common.cli import run_main
 

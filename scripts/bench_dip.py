@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/bench_dip.py`` runs :mod:`stem_denoise.commands.bench_dip` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.bench_dip` (``--help`` for its options)."""
 from stem_denoise.commands.bench_dip import main
 from stem_denoise.common.cli import run_main
 

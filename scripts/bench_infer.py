@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/bench_infer.py`` runs :mod:`stem_denoise.commands.bench_infer` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.bench_infer` (``--help`` for its options)."""
 from stem_denoise.commands.bench_infer import main
 from stem_denoise.common.cli import run_main
 

@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/bench_train.py`` runs :mod:`stem_denoise.commands.bench_train` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.bench_train` (``--help`` for its options)."""
 from stem_denoise.commands.bench_train import main
 from stem_denoise.common.cli import run_main
 

@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/benchmark.py`` runs :mod:`stem_denoise.commands.benchmark` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.benchmark` (``--help`` for its options)."""
 from stem_denoise.commands.benchmark import main
 from stem_denoise.common.cli import run_main
 

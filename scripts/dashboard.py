@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/dashboard.py`` runs :mod:`stem_denoise.commands.dashboard` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.dashboard` (``--help`` for its options)."""
 from stem_denoise.commands.dashboard import main
 from stem_denoise.common.cli import run_main
 

@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/demo.py`` runs :mod:`stem_denoise.commands.demo` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.demo` (``--help`` for its options)."""
 from stem_denoise.commands.demo import main
 from stem_denoise.common.cli import run_main
 

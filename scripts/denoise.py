@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/denoise.py`` runs :mod:`stem_denoise.commands.denoise` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.denoise` (``--help`` for its options)."""
 from stem_denoise.commands.denoise import main
 from stem_denoise.common.cli import run_main
 

@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/dip_denoise.py`` runs :mod:`stem_denoise.commands.dip_denoise` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.dip_denoise` (``--help`` for its options)."""
 from stem_denoise.commands.dip_denoise import main
 from stem_denoise.common.cli import run_main
 

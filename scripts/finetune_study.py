@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/finetune_study.py`` runs :mod:`stem_denoise.commands.finetune_study` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.finetune_study` (``--help`` for its options)."""
 from stem_denoise.commands.finetune_study import main
 from stem_denoise.common.cli import run_main
 

@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/lattice.py`` runs :mod:`stem_denoise.commands.lattice` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.lattice` (``--help`` for its options)."""
 from stem_denoise.commands.lattice import main
 from stem_denoise.common.cli import run_main
 

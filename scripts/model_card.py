@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/model_card.py`` runs :mod:`stem_denoise.commands.model_card` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.model_card` (``--help`` for its options)."""
 from stem_denoise.commands.model_card import main
 from stem_denoise.common.cli import run_main
 

@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/prepare_data.py`` runs :mod:`stem_denoise.commands.prepare_data` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.prepare_data` (``--help`` for its options)."""
 from stem_denoise.commands.prepare_data import main
 from stem_denoise.common.cli import run_main
 

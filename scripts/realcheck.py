@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/realcheck.py`` runs :mod:`stem_denoise.commands.realcheck` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.realcheck` (``--help`` for its options)."""
 from stem_denoise.commands.realcheck import main
 from stem_denoise.common.cli import run_main
 

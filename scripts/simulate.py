@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/simulate.py`` runs :mod:`stem_denoise.commands.simulate` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.simulate` (``--help`` for its options)."""
 from stem_denoise.commands.simulate import main
 from stem_denoise.common.cli import run_main
 

@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/train_cyclegan.py`` runs :mod:`stem_denoise.commands.train_cyclegan` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.train_cyclegan` (``--help`` for its options)."""
 from stem_denoise.commands.train_cyclegan import main
 from stem_denoise.common.cli import run_main
 

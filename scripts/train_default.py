@@ -1,4 +1,4 @@
-"""Command-line shim: ``python scripts/train_default.py`` runs :mod:`stem_denoise.commands.train_default` (see its help)."""
+"""Command-line shim: runs :mod:`stem_denoise.commands.train_default` (``--help`` for its options)."""
 from stem_denoise.commands.train_default import main
 from stem_denoise.common.cli import run_main
 

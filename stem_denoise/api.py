@@ -82,31 +82,40 @@ class Denoiser:
         return f"Denoiser({where}, period {self.model_period_px:g} px, {self.device}, precision={self.precision})"
 
     def denoise(self, array, period_px: float | None = None, *, tta: bool = False, tile: int | None = None,
-                batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+                batch_size: int | None = None, progress: bool = False, force_period: bool = False) -> np.ndarray:
         """Denoise a 2-D micrograph; return a float32 array of the same shape in the same units.
 
-        ``period_px``: the lattice period in the micrograph's px (nearest column spacing as
-        :func:`measure_lattice` reports it); measured when None. ``tta``: average the 8 dihedral transforms
-        (8x slower, a little better). ``tile``/``batch_size``: memory knobs (defaults suit the device). The
-        settings actually used (scale, tiles, precision, the period) are in ``self.last_stats`` afterwards.
+        ``period_px``: the lattice period in the micrograph's px (as :func:`measure_lattice` reports it); measured
+        when None. A given period is checked against the measured lattice: more than 15 % apart raises
+        :class:`~stem_denoise.common.errors.InputError` naming both, unless ``force_period``. ``tta``: average the
+        8 dihedral transforms (8x slower, a little better). ``tile``/``batch_size``: memory knobs (defaults suit
+        the device). The settings actually used (scale, tiles, precision, the period, a note on the period) are in
+        ``self.last_stats`` afterwards.
         """
-        from cyclegan.infer import denoise_array
+        from cyclegan.infer import check_period, denoise_array
 
         image = _as_image(array)
         stats: dict = {}
+        if period_px is not None:
+            period_px, note = check_period(image, period_px, force=force_period)
+            if note:
+                stats["period_note"] = note
         out = denoise_array(image, self.generator, self.info, period_px=period_px, tile=tile, batch_size=batch_size,
                             tta=tta, device=self.device, precision=self.precision, progress=progress, stats=stats)
         self.last_stats = stats
         return out
 
     def denoise_file(self, path: str | os.PathLike, out: str | os.PathLike, *, period_px: float | None = None,
-                     tta: bool = False, float32: bool = False, overwrite: bool = False) -> dict:
+                     tta: bool = False, float32: bool = False, overwrite: bool = False,
+                     force_period: bool = False) -> dict:
         """Denoise the micrograph file ``path`` into the TIFF ``out`` with the input's dtype (``float32=True``:
-        float32) and pixel size; large files stream through memory maps. Returns what was done (a dict)."""
+        float32) and pixel size; large files stream through memory maps; a given period is checked as in
+        :meth:`denoise`. Returns what was done (a dict)."""
         from cyclegan.infer import denoise_file
 
         stats = denoise_file(path, out, self.generator, self.info, period_px=period_px, float32=float32,
-                             overwrite=overwrite, tta=tta, device=self.device, precision=self.precision)
+                             overwrite=overwrite, tta=tta, device=self.device, precision=self.precision,
+                             force_period=force_period)
         self.last_stats = stats
         return stats
 

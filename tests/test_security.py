@@ -249,8 +249,8 @@ def test_architecture_is_checked_before_weights_are_loaded(tmp_path, run_dir, ca
 
 @pytest.mark.parametrize("change", ["unknown_key", "wrong_type", "missing_info"])
 def test_generator_export_with_bad_architecture_record_is_refused(tmp_path, run_dir, change):
-    from stem_denoise.common.errors import CheckpointError
     from cyclegan.checkpoint import load_generator
+    from stem_denoise.common.errors import CheckpointError
 
     obj = torch.load(run_dir / "generator.pt", map_location="cpu", weights_only=True)
     if change == "unknown_key":

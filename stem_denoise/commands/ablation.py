@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-
 from stem_denoise.common.cli import ArgumentParser, run_main
 
 REPO = Path(__file__).resolve().parents[2]

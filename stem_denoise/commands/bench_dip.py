@@ -23,7 +23,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import InputError
 
@@ -93,13 +92,13 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from stem_denoise.common.atomic import atomic_path, atomic_write_bytes
+    from data_prep.normalize import normalize, robust_range
     from dip_baseline.api import dip_denoise, psnr_db
     from dip_baseline.net import count_macs
     from dip_baseline.optimize import fit_dip
-    from stem_denoise.common.device import pick_device
     from dip_baseline.presets import get_preset
-    from data_prep.normalize import normalize, robust_range
+    from stem_denoise.common.atomic import atomic_path, atomic_write_bytes
+    from stem_denoise.common.device import pick_device
 
     if args.size < 16:
         raise InputError("--size must be at least 16 px")

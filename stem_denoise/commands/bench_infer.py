@@ -22,9 +22,9 @@ memory: a --size^2 float32 TIFF is written to --workdir (strip by strip) and den
 precision: a --size^2 float32 TIFF (simulated-looking lattice) is written to --workdir and denoised end to end
   by cyclegan.infer.denoise_file (read, normalise, resample, tiles, write) once per precision in --precisions
   (default "auto,fp32"), all in the same run with the same generator: --checkpoint, else the shipped
-  stem_denoise/models/default.pt when it exists, else a freshly initialised generator of the default profile's architecture
-  (random weights, head not zero). Prints seconds and MP/s of input for each, the ratio to the fp32 run, what
-  "auto" resolved to, whether the CPU has native bf16 instructions, and how far each output is from fp32's.
+  stem_denoise/models/default.pt when it exists, else a freshly initialised generator of the default profile's
+  architecture (random weights, head not zero). Prints seconds and MP/s of input for each, the ratio to the fp32 run,
+  what "auto" resolved to, whether the CPU has native bf16 instructions, and how far each output is from fp32's.
 figure: a simulated micrograph (dents, vacancies) denoised in stitched tiles with a trained generator, drawn
   next to its noisy input and the noise-free truth, tile edges marked, with a zoom on a tile corner.
 """
@@ -45,6 +45,7 @@ from stem_denoise.evaluation.inference import (
     run_worker,
 )
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Benchmark stitched tile inference (speed vs a naive loop; memory).")
     p.add_argument("--mode", choices=["speed", "memory", "figure", "precision"], default="speed")
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="memory, precision: keep the TIFFs")
     p.add_argument("--checkpoint", default=None,
                    help="figure: generator export to denoise with (default: train a supervised stand-in); "
-                        "precision: default the shipped stem_denoise/models/default.pt, else a fresh default-profile generator")
+                        "precision: default the shipped stem_denoise/models/default.pt, else a fresh default-profile "
+                        "generator")
     p.add_argument("--precisions", default="auto,fp32",
                    help="precision: comma-separated precisions to time in one run (default %(default)s)")
     p.add_argument("--out", default="docs/stitched.png", help="figure: PNG to write (default %(default)s)")

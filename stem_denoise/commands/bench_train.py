@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Sequence
-
 
 from stem_denoise.common.cli import ArgumentParser, run_main
 

@@ -15,17 +15,17 @@ import argparse
 import logging
 import sys
 
-from stem_denoise.common.cli import ArgumentParser, run_main
 from cyclegan.dashboard import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     ensure_frontend_assets,
     exposure_warning,
     fetch_frontend_assets,
+    frontend_dir,
     missing_frontend_assets,
     serve,
-    frontend_dir,
 )
+from stem_denoise.common.cli import ArgumentParser, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,9 @@
 """The whole job on an embedded default, end to end, on simulated data.
 
 simulate a small dataset -> prepare atom-counted patches -> "train on your own data": fine-tune the shipped model
-``stem_denoise/models/default.pt`` briefly on them (quick profile settings; from scratch when no shipped model is there) ->
-denoise a large simulated micrograph with stitched tiles, with the shipped model -> Deep Image Prior on a crop of it
+``stem_denoise/models/default.pt`` briefly on them (quick profile settings; from scratch when no shipped model is
+there) -> denoise a large simulated micrograph with stitched tiles, with the shipped model -> Deep Image Prior on a
+crop of it
 -> benchmark (shipped model and the fine-tuned one vs DIP vs classical filters) -> print where everything is and
 the summary table.
 
@@ -12,7 +13,6 @@ every step can be rerun by hand on one's own data. ``--size small`` (the default
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Settings of each demo size: (simulate, prepare, train, large micrograph, DIP, benchmark)
 SIZES = {

@@ -1,13 +1,15 @@
-"""Measure a generator export and write its model card: every number of ``stem_denoise/models/README.md`` comes from here.
+"""Measure a generator export and write its model card: every number of ``stem_denoise/models/README.md`` comes from
+here.
 
     python scripts/model_card.py --model stem_denoise/models/default.pt --run runs/default --out stem_denoise/models/
-    python scripts/model_card.py --model stem_denoise/models/default.pt --run runs/default --out stem_denoise/models/ --compare classic=runs/classic/generator.pt
+    python scripts/model_card.py --model stem_denoise/models/default.pt --run runs/default --out stem_denoise/models/
+    --compare classic=runs/classic/generator.pt
 
 Runs, in one go: the benchmark on the project's simulated test set (square, hexagonal and perovskite lattices at
-doses 2, 5, 10 and 20, 384 px) and on the independent validation set (:mod:`stem_denoise.evaluation.independent`: another
-simulator), with the noisy input, the oracle Gaussian, NLM and the model (and any ``--compare`` models); the
-no-truth checks on the real frames (:mod:`stem_denoise.evaluation.realframes`, the shared folder ``../shared/real/`` when it
-exists, or ``--real DIR``) with fixed Gaussians and the model; and, from the training run folder, the training
+doses 2, 5, 10 and 20, 384 px) and on the independent validation set (:mod:`stem_denoise.evaluation.independent`:
+another simulator), with the noisy input, the oracle Gaussian, NLM and the model (and any ``--compare`` models); the
+no-truth checks on the real frames (:mod:`stem_denoise.evaluation.realframes`, the shared folder ``../shared/real/``
+when it exists, or ``--real DIR``) with fixed Gaussians and the model; and, from the training run folder, the training
 curve and wall time. Writes ``OUT/card.json`` (all numbers), ``OUT/README.md`` (the card, from the template in
 this file), ``OUT/bench/`` and ``OUT/real/`` (tables and figures).
 """
@@ -21,7 +23,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
-
 
 from cyclegan.checkpoint import default_model_path
 from stem_denoise.common.cli import ArgumentParser, run_main
@@ -114,8 +115,8 @@ def training_record(run: Path | None) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from stem_denoise.evaluation.benchmark import BenchConfig, run_benchmark
     from data_prep.io import list_micrographs
+    from stem_denoise.evaluation.benchmark import BenchConfig, run_benchmark
     from stem_denoise.evaluation.realframes import real_methods, run_realcheck
 
     model = Path(args.model)

@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_REAL = ROOT.parent / "shared" / "real"
 

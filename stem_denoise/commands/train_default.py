@@ -2,7 +2,8 @@
 
     python scripts/train_default.py --out runs/default            # train (resumable), then export
     python scripts/train_default.py --out runs/default --resume   # continue an interrupted run exactly
-    python scripts/train_default.py --out runs/default --install  # also copy the export to stem_denoise/models/default.pt
+    python scripts/train_default.py --out runs/default --install  # also copy the export to
+    stem_denoise/models/default.pt
 
 The ``default`` profile of :mod:`cyclegan.config`: the stochastic objective on a seeded bank of clean synthetic
 scenes (:mod:`cyclegan.synth`: square, rectangular, hexagonal, perovskite, honeycomb, dumbbell and random-motif
@@ -19,7 +20,6 @@ import shutil
 import time
 from pathlib import Path
 from typing import Sequence
-
 
 from cyclegan.checkpoint import default_model_path
 from stem_denoise.common.cli import ArgumentParser, run_main

@@ -231,7 +231,9 @@ def match_columns(
     out_f, out_t, out_d = [], [], []
     for sl in np.split(np.arange(len(fi)), bounds):
         if len(sl) == 1:
-            out_f.append(fi[sl]); out_t.append(ti[sl]); out_d.append(dd[sl])
+            out_f.append(fi[sl])
+            out_t.append(ti[sl])
+            out_d.append(dd[sl])
             continue
         uf, inv_f = np.unique(fi[sl], return_inverse=True)
         ut, inv_t = np.unique(ti[sl], return_inverse=True)
@@ -240,7 +242,9 @@ def match_columns(
         cost[inv_f, inv_t] = dd[sl]
         r, c = linear_sum_assignment(cost)
         real = cost[r, c] < big
-        out_f.append(uf[r[real]]); out_t.append(ut[c[real]]); out_d.append(cost[r[real], c[real]])
+        out_f.append(uf[r[real]])
+        out_t.append(ut[c[real]])
+        out_d.append(cost[r[real], c[real]])
     idx_f = np.concatenate(out_f)
     idx_t = np.concatenate(out_t)
     dist = np.concatenate(out_d)

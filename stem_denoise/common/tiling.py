@@ -34,7 +34,8 @@ boxcar, a Hann or a Gaussian importance map), so a tile's inner edges -- where a
 corrupts its output -- still get weight, and the image border is weighted like an inner edge. Neither zeroes
 the receptive-field margin at inner edges only, nor aligns tile origins to the network's stride, which is what
 makes the tiled result equal the whole-image one here (PSNR > 150 dB for a trained generator, against 36 dB for
-its tiles side by side and 53 dB, with local errors 1000x larger, for tiles blended without the margin). The job is one 2-D channel, a numpy function and strip-wise streaming to disk; this module
+its tiles side by side and 53 dB, with local errors 1000x larger, for tiles blended without the margin). The job is one
+2-D channel, a numpy function and strip-wise streaming to disk; this module
 does it in about 350 lines with no dependency beyond numpy and tqdm, and is simpler to reason about.
 """
 from __future__ import annotations

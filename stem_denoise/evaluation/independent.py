@@ -506,11 +506,12 @@ def case_name(kind: str, dose: float, period_px: float) -> str:
 
 def independent_case(kind: str, dose: float, *, size: int = DEFAULT_SIZE, period_px: float | None = None,
                      seed: int = 0):
-    """One case of the independent set as an :class:`stem_denoise.evaluation.benchmark.Case` tagged ``source="independent"``.
+    """One case of the independent set as an :class:`stem_denoise.evaluation.benchmark.Case` tagged
+    ``source="independent"``.
 
     The column truth is restricted to the columns the finder sees in the noise-free truth (as for the main set,
-    :func:`stem_denoise.evaluation.metrics.visible_columns`); ``hidden_columns`` counts the others. Gain and read noise are not
-    handed on (``None``): the detector has an offset the methods are not told, so they estimate the noise model.
+    :func:`stem_denoise.evaluation.metrics.visible_columns`); ``hidden_columns`` counts the others. Gain and read noise
+    are not handed on (``None``): the detector has an offset the methods are not told, so they estimate the noise model.
     """
     from stem_denoise.evaluation.benchmark import Case
     from stem_denoise.evaluation.metrics import ColumnTruth, visible_columns

@@ -141,8 +141,8 @@ def reference_recipe_stitch(image, generator, info: dict, period_px: float):
     side, each normalised on its own."""
     import torch
 
-    from stem_denoise.common.tiling import map_tiles
     from cyclegan.infer import resample_operator
+    from stem_denoise.common.tiling import map_tiles
 
     h, w = image.shape
     scale = info["period_px"] / period_px
@@ -262,12 +262,12 @@ def run_figure(s: InferBench) -> dict:
     """Before/after PNG of a stitched denoised simulated micrograph, tile edges marked, a tile corner zoomed."""
     import cv2
 
-    from stem_denoise.common.atomic import atomic_write_bytes
-    from stem_denoise.common.columns import find_columns, match_columns
-    from stem_denoise.common.tiling import TileGrid
     from cyclegan.checkpoint import load_generator
     from cyclegan.infer import denoise_array, pick_device
     from data_prep.simulate import simulate
+    from stem_denoise.common.atomic import atomic_write_bytes
+    from stem_denoise.common.columns import find_columns, match_columns
+    from stem_denoise.common.tiling import TileGrid
 
     dev = pick_device(s.device)
     checkpoint = s.checkpoint
@@ -364,7 +364,8 @@ def run_figure(s: InferBench) -> dict:
     atomic_write_bytes(s.out, png.tobytes())
     print(text)
     print(f"wrote {s.out}")
-    return {"max_diff": diff, "recipe_max_diff": recipe_diff, "matched": len(fi), "n_true": len(r.columns), "n_found": len(found)}
+    return {"max_diff": diff, "recipe_max_diff": recipe_diff, "matched": len(fi), "n_true": len(r.columns),
+            "n_found": len(found)}
 
 
 # ----------------------------------------------------------------------------------------------- precision
@@ -395,9 +396,9 @@ def precision_model(checkpoint: str | None):
 def run_precision(s: InferBench) -> dict:
     import torch
 
-    from stem_denoise.common.precision import cpu_has_native_bf16, describe_precision, resolve_precision
     from cyclegan.infer import denoise_array, denoise_file, pick_device, plan_tiles
     from data_prep.io import read_micrograph
+    from stem_denoise.common.precision import cpu_has_native_bf16, describe_precision, resolve_precision
 
     names = [p.strip() for p in s.precisions.split(",") if p.strip()]
     if not names or len(set(names)) != len(names):
@@ -493,8 +494,8 @@ def run_memory(s: InferBench) -> dict:
         write_test_tiff(src, s.size, s.period)
     print(f"input {src} ({s.size}x{s.size} float32, {src.stat().st_size / 2**30:.2f} GiB; written in "
           f"{time.perf_counter() - t0:.1f} s)", flush=True)
-    cmd = [sys.executable, "-m", "stem_denoise.commands.bench_infer", "--worker", str(src), str(dst), "--model", s.model,
-           "--period", str(s.period), "--device", s.device]
+    cmd = [sys.executable, "-m", "stem_denoise.commands.bench_infer", "--worker", str(src), str(dst),
+           "--model", s.model, "--period", str(s.period), "--device", s.device]
     for flag, value in (("--tile", s.tile), ("--batch-size", s.batch_size), ("--threads", s.threads)):
         if value:
             cmd += [flag, str(value)]

@@ -2,7 +2,8 @@
 
 All functions take numpy arrays in the micrograph's own intensity units (the output and the truth in the same units)
 and positions as ``(row, col)`` pixels. Columns in the output are found with the project's one documented finder,
-:func:`stem_denoise.common.columns.find_columns`, and paired with the true columns by :func:`stem_denoise.common.columns.match_columns` within
+:func:`stem_denoise.common.columns.find_columns`, and paired with the true columns by
+:func:`stem_denoise.common.columns.match_columns` within
 ``max_dist = period / 3`` pixels.
 
 Rules (what each number means):
@@ -294,7 +295,8 @@ def column_metrics(output: np.ndarray, truth_cols: ColumnTruth, *, found: np.nda
     Returns a dict: ``n_true, n_found, tp, fp, lost, precision, recall, f1, rmse_px, rmse_pm, n_vacancies,
     hallucinations, halluc_peak`` and, when ``truth_image`` is given, ``halluc_intensity`` (and
     ``hallucinations`` uses the two-part rule). ``found`` may pass positions already found in ``output`` (px),
-    ``match`` an already computed :func:`match_to_truth`; otherwise :func:`stem_denoise.common.columns.find_columns` finds them.
+    ``match`` an already computed :func:`match_to_truth`; otherwise :func:`stem_denoise.common.columns.find_columns`
+    finds them.
     """
     out = np.asarray(output, dtype=np.float64)
     period = float(truth_cols.period_px)

@@ -8,7 +8,8 @@ A real frame has no ground truth, so a denoiser is judged on what it must leave 
   the motif stays; raw and output are averaged on exactly the same cells (:class:`CellGeometry`, computed once on
   the raw frame), so the two averages must agree: Pearson ``cell_r`` near 1 and, site by site, the same relative
   column heights (a weak sublattice that a strong prior took for noise shows here first).
-* **The column count** with the project's finder (:func:`stem_denoise.common.columns.find_columns`), on the raw frame and on
+* **The column count** with the project's finder (:func:`stem_denoise.common.columns.find_columns`), on the raw frame
+and on
   the output after the same light smoothing (Gaussian sigma = column spacing / 10; the same treatment of both, so
   that the identity counts the same and only what the denoiser changed counts). The column spacing is the shortest
   distance between two distinct column sites of the raw cell average (a perovskite's A-B distance, not its cell
@@ -46,10 +47,10 @@ import scipy.fft
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from data_prep.lattice import LatticeInfo, lattice_vectors, measure_lattice
 from stem_denoise.common.arrays import as_real_image
 from stem_denoise.common.columns import find_columns, gaussian_lowpass
 from stem_denoise.common.errors import InputError
-from data_prep.lattice import LatticeInfo, lattice_vectors, measure_lattice
 
 __all__ = [
     "THRESHOLDS",
@@ -642,7 +643,7 @@ def real_frame_metrics(raw, output, *, lattice=None, period_px: float | None = N
     basis = np.stack([geom.a1, geom.a2])
     site_list = []
     errs = []
-    for k, (s, hr, ho) in enumerate(zip(sites, h_raw, h_out)):
+    for s, hr, ho in zip(sites, h_raw, h_out):
         frac = s / np.array([geom.n1, geom.n2], dtype=np.float64)
         px = frac @ basis
         err = abs(ho - hr) / hr if hr > 0 else None
@@ -740,8 +741,8 @@ CSV_COLUMNS = (
 
 
 def fixed_gaussian_method(sigma_px: float):
-    """A :class:`stem_denoise.evaluation.benchmark.Method` blurring with a fixed Gaussian of ``sigma_px`` (px): the truth-free
-    stand-in for the benchmark's oracle Gaussian."""
+    """A :class:`stem_denoise.evaluation.benchmark.Method` blurring with a fixed Gaussian of ``sigma_px`` (px): the
+    truth-free stand-in for the benchmark's oracle Gaussian."""
     from stem_denoise.evaluation import filters
     from stem_denoise.evaluation.benchmark import Method
 
@@ -757,9 +758,10 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
     """The methods to run on real frames and ``"name: reason"`` for those left out.
 
     ``names`` (default all of :data:`METHOD_NAMES`): the benchmark's classical filters
-    (:func:`stem_denoise.evaluation.benchmark.classical_methods`) with the oracle Gaussian replaced by fixed Gaussians of
-    sigma 1 and 2 px; BM3D only when its optional package is installed. Every path in ``checkpoints`` adds a
-    CycleGAN generator (:func:`stem_denoise.evaluation.benchmark.cyclegan_method`), labelled by ``labels`` in order where given.
+    (:func:`stem_denoise.evaluation.benchmark.classical_methods`) with the oracle Gaussian replaced by fixed Gaussians
+    of sigma 1 and 2 px; BM3D only when its optional package is installed. Every path in ``checkpoints`` adds a
+    CycleGAN generator (:func:`stem_denoise.evaluation.benchmark.cyclegan_method`), labelled by ``labels`` in order
+    where given.
     """
     import dataclasses
     from pathlib import Path
@@ -1007,7 +1009,8 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
     and column spacing measured once per raw frame) and :func:`check_real_frame`, and write
     ``real_results.csv``, ``real_results.md`` and ``real_<frame>.png`` into ``out_dir``.
 
-    Methods get a :class:`stem_denoise.evaluation.benchmark.MethodContext` whose ``period_px`` is the frame's column spacing
+    Methods get a :class:`stem_denoise.evaluation.benchmark.MethodContext` whose ``period_px`` is the frame's column
+    spacing
     (px), whose ``lattice_period_px`` (what the CycleGAN resamples by, as ``denoise.py`` would) is the measured
     lattice period times ``period_factor``, and whose pixel size is the file's. A method that raises is recorded
     and the others still run; so is a frame without a measurable lattice. Returns ``{"rows", "errors",
@@ -1016,8 +1019,8 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
     import time
     from pathlib import Path
 
-    from stem_denoise.common.atomic import make_output_dir
     from data_prep.io import read_micrograph
+    from stem_denoise.common.atomic import make_output_dir
     from stem_denoise.evaluation.benchmark import MethodContext, call_method
 
     out = make_output_dir(out_dir)

@@ -54,6 +54,7 @@ def test_script_with_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path):
 
 def test_script_success_exits_0(tmp_path):
     import numpy as np
+
     from data_prep.io import write_micrograph
 
     write_micrograph(tmp_path / "ok.tif", np.arange(20, dtype=np.uint16).reshape(4, 5))

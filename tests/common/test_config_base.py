@@ -1,4 +1,5 @@
-"""The shared config base: one-line ConfigError naming the key, strict types, merging, schema; device and JSON helpers."""
+"""The shared config base: one-line ConfigError naming the key, strict types, merging, schema; device and JSON
+helpers."""
 import dataclasses
 import json
 from pathlib import Path

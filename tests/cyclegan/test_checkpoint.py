@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from stem_denoise.common.errors import CheckpointError
-from cyclegan.checkpoint import (GENERATOR_KIND, TRAIN_KIND, export_generator, load_generator, safe_torch_load,
-                                 save_checkpoint)
+from cyclegan.checkpoint import (
+    GENERATOR_KIND,
+    TRAIN_KIND,
+    export_generator,
+    load_generator,
+    safe_torch_load,
+    save_checkpoint,
+)
 from cyclegan.models import GeneratorConfig, build_generator
+from stem_denoise.common.errors import CheckpointError
 
 torch.set_num_threads(1)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stem_denoise.common.errors import InputError
 from cyclegan.dashboard import (
     FRONTEND_ASSETS,
     IMAGE_WINDOW,
@@ -33,6 +32,7 @@ from cyclegan.dashboard import (
     read_log,
     window_for,
 )
+from stem_denoise.common.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "dashboard.py"

@@ -6,9 +6,8 @@ import pytest
 import tifffile
 import torch
 
+from cyclegan.data import StepBatchSampler, UnpairedPatches, make_loader, read_data_info, sample_keys, write_toy_patches
 from stem_denoise.common.errors import InputError
-from cyclegan.data import (StepBatchSampler, UnpairedPatches, make_loader, read_data_info, sample_keys,
-                           write_toy_patches)
 
 torch.set_num_threads(1)
 

@@ -8,9 +8,6 @@ import pytest
 import tifffile
 import torch
 
-from stem_denoise.common.columns import find_columns, match_columns
-from stem_denoise.common.errors import InputError
-from stem_denoise.common.tiling import TileGrid, map_tiles
 from cyclegan.checkpoint import export_generator, load_generator
 from cyclegan.infer import (
     Resampler,
@@ -24,9 +21,12 @@ from cyclegan.infer import (
     shard,
 )
 from cyclegan.models import GeneratorConfig, build_generator, generator_receptive_field
-from data_prep.io import read_micrograph, write_micrograph, MicrographMeta
+from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
 from data_prep.normalize import robust_range
 from data_prep.simulate import simulate
+from stem_denoise.common.columns import find_columns, match_columns
+from stem_denoise.common.errors import InputError
+from stem_denoise.common.tiling import TileGrid, map_tiles
 from stem_denoise.evaluation.inference import train_supervised
 
 MODEL_PERIOD = 12.8
@@ -66,7 +66,8 @@ def psnr(a, b):
 # ----------------------------------------------------------------------------------------------- receptive field
 
 
-@pytest.mark.parametrize("cfg", [TINY, GeneratorConfig(width=4, n_blocks=2, n_down=2), GeneratorConfig(width=4, n_down=0)])
+@pytest.mark.parametrize("cfg", [TINY, GeneratorConfig(width=4, n_blocks=2, n_down=2),
+                                 GeneratorConfig(width=4, n_down=0)])
 def test_receptive_field_measured_matches_architecture(cfg):
     g = build_generator(cfg)  # identity at start (zero head): the measurement must still see the architecture
     assert measure_receptive_field(g) == (generator_receptive_field(cfg) - 1) // 2

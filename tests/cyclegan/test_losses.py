@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from cyclegan.data import toy_lattice
-from cyclegan.losses import (ImagePool, LowPass, cycle_l1, gaussian_kernel1d, identity_l1, lowfreq_l1,
-                             lsgan_loss)
+from cyclegan.losses import ImagePool, LowPass, cycle_l1, gaussian_kernel1d, identity_l1, lowfreq_l1, lsgan_loss
 
 torch.set_num_threads(1)
 
@@ -89,7 +88,7 @@ def test_image_pool_behaviour_and_state_round_trip():
     # state round trip: the copy answers exactly like the original from here on
     copy = ImagePool(size=1, seed=99)
     copy.load_state_dict(pool.state_dict())
-    for i in range(10):
+    for _ in range(10):
         b = torch.rand(3, 1, 1, 1)
         assert torch.equal(pool.query(b), copy.query(b))
 

@@ -3,9 +3,16 @@ import pytest
 import torch
 from torch import nn
 
+from cyclegan.models import (
+    DiscriminatorConfig,
+    GeneratorConfig,
+    ReferenceResnetGenerator,
+    build_discriminator,
+    build_generator,
+    discriminator_receptive_field,
+    generator_receptive_field,
+)
 from stem_denoise.common.errors import ConfigError
-from cyclegan.models import (DiscriminatorConfig, GeneratorConfig, ReferenceResnetGenerator, build_discriminator,
-                             build_generator, discriminator_receptive_field, generator_receptive_field)
 
 torch.set_num_threads(1)
 

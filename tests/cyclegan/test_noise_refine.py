@@ -9,16 +9,24 @@ import pytest
 import tifffile
 import torch
 
-from stem_denoise.common.errors import ConfigError
 from cyclegan.checkpoint import safe_torch_load
 from cyclegan.config import config_from_dict
 from cyclegan.data import DataInfo, toy_lattice
-from cyclegan.pairs import (CORR_LIMIT, EstimatedNoise, NoiseRefiner, SoftSample, draw_estimated_noise,
-                            read_noise_estimates, stem_noise)
+from cyclegan.pairs import (
+    CORR_LIMIT,
+    EstimatedNoise,
+    NoiseRefiner,
+    SoftSample,
+    draw_estimated_noise,
+    read_noise_estimates,
+    stem_noise,
+)
 from cyclegan.train import STOCHASTIC_LOSS_NAMES, CycleGAN, DistContext, _pair_source, train
+from stem_denoise.common.errors import ConfigError
 from tests.cyclegan.helpers import StubDashboard
 
-TINY = {"objective": "stochastic", "clean_source": "trainB", "refine_noise": True, "steps": 6, "batch_size": 2, "crop_px": 24,
+TINY = {"objective": "stochastic", "clean_source": "trainB", "refine_noise": True, "steps": 6, "batch_size": 2,
+        "crop_px": 24,
         "num_workers": 0, "log_every": 1, "image_every": 3, "checkpoint_every": 3, "pool_size": 3, "device": "cpu",
         "period_px": 8.0, "patch_px": 32, "atoms_per_patch": 4.0,
         "generator": {"width": 4, "n_blocks": 1, "n_down": 1}, "discriminator": {"width": 4, "n_layers": 2},

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from cyclegan.infer import Resampler, resample_operator
-from cyclegan.pairs import (NoiseRanges, SyntheticPairs, draw_noise, make_pair, resample, stem_noise,
-                            step_generator)
+from cyclegan.pairs import NoiseRanges, SyntheticPairs, draw_noise, make_pair, resample, stem_noise, step_generator
 from cyclegan.synth import KINDS, SceneBank, render_scene
 from stem_denoise.common.columns import find_columns
 

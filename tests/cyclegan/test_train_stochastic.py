@@ -2,15 +2,14 @@
 adversarial and low-pass terms on micrographs, exact resume, export."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from stem_denoise.common.errors import ConfigError
 from cyclegan.checkpoint import load_generator, safe_torch_load
 from cyclegan.config import config_from_dict, profile_config
 from cyclegan.data import write_toy_patches
 from cyclegan.train import STOCHASTIC_LOSS_NAMES, train
+from stem_denoise.common.errors import ConfigError
 from tests.cyclegan.helpers import StubDashboard
 
 TINY = {"objective": "stochastic", "steps": 6, "batch_size": 2, "crop_px": 24, "num_workers": 0, "log_every": 1,
@@ -116,8 +115,8 @@ def test_init_from_a_generator_export_fine_tunes_it(data, tmp_path, one_torch_th
         load_init_generator(build_generator(tiny(generator={"width": 6}).generator), export,
                             tiny(generator={"width": 6}))
     # the script takes the export's architecture over and trains on a data folder from it
-    from stem_denoise.common.cli import run_main
     from stem_denoise.commands.train_cyclegan import main
+    from stem_denoise.common.cli import run_main
 
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps({**TINY, "generator": {"width": 8, "n_blocks": 2, "n_down": 2},

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
-from stem_denoise.common.errors import InputError
 from data_prep import dents as D
-from data_prep.patches import SyntheticLattice, rotation_to_match
 from data_prep.lattice import measure_lattice
+from data_prep.patches import SyntheticLattice, rotation_to_match
 from data_prep.simulate import Dent, simulate, synthetic_lattice
+from stem_denoise.common.errors import InputError
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from stem_denoise.common.errors import InputError
 from data_prep.lattice import LatticeInfo, angle_difference, fold_angle, lattice_vectors, measure_lattice
 from data_prep.simulate import Dent, simulate, synthetic_lattice
+from stem_denoise.common.errors import InputError
 
 
 def _cases(lattice, n, seed):

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from stem_denoise.common.errors import InputError
 from data_prep.noise_model import NoiseEstimate, estimate_noise
 from data_prep.simulate import simulate
-
+from stem_denoise.common.errors import InputError
 from tests.real_frames import REAL_FRAMES, needs_real, read_real  # noqa: E402
+
 SIZE = 384
 READ = 0.5  # the simulator's default read noise, counts
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stem_denoise.common.errors import InputError
 from data_prep.normalize import denormalize, normalize, robust_range, sample_pixels
+from stem_denoise.common.errors import InputError
 
 
 def lattice(shape, period=8.0, dose=200.0, seed=0):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.io import read_micrograph
 from data_prep.simulate import (
     Dent,
@@ -17,6 +16,7 @@ from data_prep.simulate import (
     simulate,
     synthetic_lattice,
 )
+from stem_denoise.common.errors import ConfigError, InputError
 
 # a clean, undistorted setting in which every number is known
 CLEAN = dict(noise=False, background=0.0, background_slow=0.0, scan_jitter_px=0.0, tear_rate=0.0)

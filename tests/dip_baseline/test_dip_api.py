@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from stem_denoise.common.errors import InputError
 from data_prep.simulate import simulate
 from dip_baseline.api import dip_denoise, psnr_db
 from dip_baseline.lanczos import lanczos_downsample
 from dip_baseline.optimize import fit_dip
+from stem_denoise.common.errors import InputError
 from tests.dip_baseline.helpers import STOP_NET, TINY_NET, lattice, tiny_preset
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stem_denoise.common.errors import InputError
 from dip_baseline.lanczos import lanczos_downsample, lanczos_kernel_1d
+from stem_denoise.common.errors import InputError
 
 
 @pytest.mark.parametrize("scale", [2, 4])

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from stem_denoise.common.errors import ConfigError
 from dip_baseline.net import SkipNetConfig, build_skipnet, count_parameters
 from dip_baseline.presets import PRESETS, get_preset
+from stem_denoise.common.errors import ConfigError
 
 
 @pytest.mark.parametrize("activation", ["leaky_relu", "relu", "swish", "mish"])

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from dip_baseline.stopping import HoldoutConfig, ValidationStopper, WindowedVarianceStopper, WMVConfig, holdout_pixels
 from stem_denoise.common.errors import ConfigError
-from dip_baseline.stopping import (HoldoutConfig, ValidationStopper, WindowedVarianceStopper, WMVConfig,
-                                   holdout_pixels)
 
 
 def _feed(stopper, amplitudes, seed=0):

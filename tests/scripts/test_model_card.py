@@ -1,12 +1,13 @@
-"""scripts/model_card.py: the model card's numbers come from a script, measured on the benchmark sets and real frames."""
+"""scripts/model_card.py: the model card's numbers come from a script, measured on the benchmark sets and real
+frames."""
 import json
 
 import numpy as np
 import pytest
 
-from stem_denoise.common.cli import run_main
 from cyclegan.checkpoint import export_generator
 from cyclegan.models import GeneratorConfig, build_generator
+from stem_denoise.common.cli import run_main
 
 
 @pytest.fixture

@@ -31,6 +31,13 @@ def test_shipped_model_denoises_an_array_in_its_own_units(denoiser, sim):
     assert "Denoiser(default.pt" in repr(denoiser)
 
 
+def test_a_given_period_far_from_the_lattice_is_refused_unless_forced(denoiser, sim):
+    with pytest.raises(InputError, match="disagree|apart|%"):
+        denoiser.denoise(sim.noisy, period_px=sim.period_px * 3)
+    out = denoiser.denoise(sim.noisy, period_px=sim.period_px * 1.3, force_period=True)
+    assert out.shape == sim.noisy.shape and denoiser.last_stats["period_px"] == pytest.approx(sim.period_px * 1.3)
+
+
 def test_period_is_measured_when_not_given(denoiser, sim):
     out = denoiser.denoise(sim.noisy)
     assert denoiser.last_stats["period_px"] == pytest.approx(sim.period_px, rel=0.05)

@@ -56,8 +56,9 @@ def installed(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
                     "--no-deps", "--no-index", str(wheel)], check=True, env=env, cwd=tmp, capture_output=True)
     # the dependencies (torch, numpy, ...) come from the project's venv, after the fresh venv's own packages
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", purelib], capture_output=True, text=True,
+                               check=True).stdout.strip())
     (site / "zz_project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv
 
