@@ -23,10 +23,10 @@ training pairs.
 
 **Scale in the loop** (:func:`make_pair`): the noise is added at the micrograph's native scale (a crop of a scene at
 its native period), and then the noisy and the clean crop both pass through the *same* resampler inference uses
-(:func:`cyclegan.infer.resample_operator`, Keys cubic, antialiased when shrinking) to the model's scale (e.g.
-12.8 px per period). Upsampling correlates the noise and downsampling averages it, exactly as at inference, so the
-model meets in training the interpolated noise it will meet. Both are normalised by the noisy crop's robust 0.5 /
-99.5 % percentiles, as inference normalises the whole micrograph.
+(:func:`stem_denoise.common.resample.resample_operator`, Keys cubic, antialiased when shrinking) to the model's
+scale (e.g. 12.8 px per period). Upsampling correlates the noise and downsampling averages it, exactly as at
+inference, so the model meets in training the interpolated noise it will meet. Both are normalised by the noisy
+crop's robust 0.5 / 99.5 % percentiles, as inference normalises the whole micrograph.
 
 Everything is a pure function of a ``torch.Generator``, so a batch is a pure function of (seed, step, rank) and a
 resumed run draws the same pairs.
@@ -44,8 +44,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from cyclegan.infer import resample_operator
 from stem_denoise.common.config import Config, Interval
+from stem_denoise.common.resample import resample_operator
 
 MARGIN_MODEL_PX = 4  # model px cut off every side after resampling (the resampler's mirrored border)
 CORR_LIMIT = 0.45  # the largest |lag-1 correlation| of the noise layer
@@ -145,7 +145,8 @@ def stem_noise(clean: torch.Tensor, params: dict, gen: torch.Generator) -> torch
 
 @functools.lru_cache(maxsize=512)
 def resample_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """Dense (n_out, n_in) float32 matrix of the inference resampler (:func:`cyclegan.infer.resample_operator`)."""
+    """Dense (n_out, n_in) float32 matrix of the inference resampler
+    (:func:`stem_denoise.common.resample.resample_operator`)."""
     op = resample_operator(int(n_in), int(n_out))
     if op.matrix is None:
         return torch.eye(n_in, dtype=torch.float32)
