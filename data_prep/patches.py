@@ -1018,7 +1018,9 @@ def prepare_dataset(
     """Build ``trainA``/``trainB``/``testA`` patch folders, ``manifest.json`` and ``preview.png`` in ``out_dir``.
 
     ``micrograph_paths``: files and/or folders of micrographs (:func:`data_prep.io.list_micrographs`);
-    ``synthetic_path_or_array``: the clean synthetic lattice image (file, array or :class:`SyntheticLattice`).
+    ``synthetic_path_or_array``: the clean synthetic lattice image (file, array or :class:`SyntheticLattice`), or a
+    :class:`data_prep.cell_lattice.CellAverageSource`: every training micrograph's B patches then come from its own
+    unit-cell average (every site at its measured height and shape; ``cfg.angle`` must be "auto").
     Whole micrographs are held back for ``testA``. Each micrograph is read, normalised as a whole
     (robust percentiles), its lattice measured, and cut into atom-counted patches; each training micrograph also
     gets ``per_image`` B patches at its orientation, intensity and dents (module docstring). Everything is
@@ -1035,6 +1037,11 @@ def prepare_dataset(
     if isinstance(micrograph_paths, (str, os.PathLike)):
         micrograph_paths = [micrograph_paths]
     paths = _list_inputs(micrograph_paths)
+    from data_prep.cell_lattice import is_cell_average
+    cell_src = synthetic_path_or_array if is_cell_average(synthetic_path_or_array) else None
+    if cell_src is not None and cfg.angle != "auto":
+        raise InputError("angle must be 'auto' with the cell-average clean source: each micrograph's own cell "
+                         "average already has its orientation")
     if isinstance(synthetic_path_or_array, (str, os.PathLike)):
         syn_real = os.path.realpath(synthetic_path_or_array)
         paths = [p for p in paths if os.path.realpath(p) != syn_real]
@@ -1044,7 +1051,7 @@ def prepare_dataset(
     syn_input = synthetic_path_or_array if isinstance(synthetic_path_or_array, (str, os.PathLike)) else None
     real, old_files = _check_out_dir(out, cfg.overwrite, [*micrograph_paths, *paths, syn_input])
     existed = real.is_dir()
-    syn = _load_synthetic(synthetic_path_or_array, cfg)
+    syn = _load_synthetic(synthetic_path_or_array, cfg) if cell_src is None else None
     test_idx = _split(len(paths), float(cfg.test_frac), cfg.seed)
     P = int(cfg.patch_px)
     model_period = cfg.model_period_px
@@ -1083,6 +1090,8 @@ def prepare_dataset(
                 info = measure_lattice(x)
             except InputError as exc:
                 raise InputError(f"{path}: {exc}") from None
+            if cell_src is not None and split == "train":  # domain B from this micrograph's own cell average
+                syn = cell_src.build(x, info, name=str(path), norm=(lo, hi))
             model, scale = to_model_scale(x, info.period_px, model_period)
             if min(model.shape) < P:
                 raise _too_small(x.shape[0], x.shape[1], info.period_px, cfg.atoms, str(path))
@@ -1120,6 +1129,8 @@ def prepare_dataset(
                                 "period_px": model_period})
                     patch_records.append(rec)
                 record.update(extra)
+                if cell_src is not None:
+                    record["clean_lattice"] = syn.record
                 warnings.extend(f"{path}: {wmsg}" for wmsg in extra.get("warnings", []))
                 if len(preview_b) < 6:  # one plain crop and the two most dented ones
                     dented = np.argsort([-r.get("dent", {}).get("mean_mask", 0.0) for r in b_recs])
@@ -1147,7 +1158,7 @@ def prepare_dataset(
                 "source": syn.source, "shape": list(syn.image.shape), "norm": list(syn.norm),
                 "lattice": syn.info.to_dict(), "period_px": syn.period_px, "angle_deg": syn.angle_deg,
                 "translations": syn.basis.tolist(), "translation_cost": list(syn.cost),
-            },
+            } if cell_src is None else {"source": cell_src.source, "per_micrograph": "clean_lattice"},
             "counts": counts,
             "micrographs": micro_records,
             "warnings": warnings,

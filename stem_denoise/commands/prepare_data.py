@@ -5,14 +5,16 @@ Whole micrographs are held back for testA. See data_prep/patches.py for the meth
 
     python scripts/prepare_data.py --micrographs DIR --synthetic FILE --out DATA [--atoms 5] [--patch-px 64]
         [--per-image K] [--test-frac 0.1] [--angle auto|DEG] [--dents K] [--seed N] [--overwrite]
+    python scripts/prepare_data.py --micrographs DIR --clean-from cell-average --out DATA ...
+
+``--clean-from cell-average`` needs no synthetic image: each training micrograph's domain B is its own unit-cell
+average (data_prep/cell_lattice.py), which keeps every column site at its measured height and shape.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
-
 
 from stem_denoise.common.cli import ArgumentParser, run_main
 
@@ -25,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--micrographs", nargs="+", required=True, metavar="PATH",
                     help="micrograph files and/or folders (.tif .tiff .png .npy .dm3 .dm4 .emd)")
-    ap.add_argument("--synthetic", required=True, metavar="FILE", help="clean synthetic lattice image")
+    ap.add_argument("--synthetic", metavar="FILE", default=None,
+                    help="clean synthetic lattice image (needed with --clean-from synthetic, the default)")
+    ap.add_argument("--clean-from", choices=("synthetic", "cell-average"), default="synthetic",
+                    help="domain B from the --synthetic image (default) or from each training micrograph's own "
+                         "unit-cell average (every site at its measured height and shape; no --synthetic)")
     ap.add_argument("--out", required=True, metavar="DATA", help="dataset folder to create")
     ap.add_argument("--atoms", type=int, default=5, help="lattice periods per patch side (default 5)")
     ap.add_argument("--patch-px", type=int, default=64, help="patch side in pixels (default 64)")
@@ -63,7 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from data_prep.cell_lattice import CellAverageSource
     from data_prep.patches import PrepConfig, prepare_dataset
+    from stem_denoise.common.errors import InputError
+
+    if args.clean_from == "synthetic" and args.synthetic is None:
+        raise InputError("--synthetic FILE is needed (or --clean-from cell-average to take domain B from the "
+                         "micrographs' own unit-cell averages)")
+    if args.clean_from == "cell-average" and args.synthetic is not None:
+        raise InputError("--synthetic and --clean-from cell-average exclude each other: choose one clean source")
 
     cfg = PrepConfig(  # a bad value raises ConfigError, an InputError: one line, exit 2
         atoms=args.atoms, patch_px=args.patch_px, per_image=args.per_image, test_frac=args.test_frac,
@@ -72,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dent_window_px=args.dent_window_px, dent_blur_px=args.dent_blur_px, match_intensity=not args.no_match_intensity,
         seed=args.seed, overwrite=args.overwrite, preview=not args.no_preview, progress=not args.quiet,
     )
-    summary = prepare_dataset(args.micrographs, args.synthetic, args.out, cfg)
+    clean = CellAverageSource(seed=args.seed) if args.clean_from == "cell-average" else args.synthetic
+    summary = prepare_dataset(args.micrographs, clean, args.out, cfg)
     c = summary["counts"]
     print(
         f"wrote {summary['out_dir']}: trainA {c['trainA']}, trainB {c['trainB']}, testA {c['testA']} patches of "
