@@ -8,7 +8,7 @@ averaged over its N cells the noise falls by sqrt(N), while every column of the 
 both columns of a dumbbell -- stays at its measured relative height, with its real shape and spacing.
 
 :meth:`CellAverageSource.build` turns one (normalised) micrograph into a :class:`CellAverageLattice`, a
-:class:`data_prep.patches.SyntheticLattice` whose cell is that average, so :func:`data_prep.patches.prepare_dataset`
+:class:`data_prep.synthetic.SyntheticLattice` whose cell is that average, so :func:`data_prep.patches.prepare_dataset`
 renders it exactly as it renders a user-supplied synthetic lattice image (seamless, at the micrograph's orientation
 and the model's scale, given the micrograph's level, contrast and dents). Pass a :class:`CellAverageSource` to
 ``prepare_dataset`` in place of the synthetic image (``scripts/prepare_data.py --clean-from cell-average``): every
@@ -62,7 +62,7 @@ import numpy as np
 from scipy import ndimage
 
 from data_prep.lattice import LatticeInfo, lattice_vectors, measure_lattice
-from data_prep.patches import PeriodicCell, SyntheticLattice
+from data_prep.synthetic import PeriodicCell, SyntheticLattice
 from stem_denoise.common.arrays import as_real_image
 from stem_denoise.common.errors import InputError
 
@@ -82,7 +82,7 @@ def _cell_tools():
 
 @dataclass
 class CellAverageLattice(SyntheticLattice):
-    """A :class:`~data_prep.patches.SyntheticLattice` whose unit cell is a micrograph's own cell average.
+    """A :class:`~data_prep.synthetic.SyntheticLattice` whose unit cell is a micrograph's own cell average.
 
     ``image``: the micrograph (normalised units) with its slow background removed; ``geometry``: the locally
     registered cells (:class:`stem_denoise.evaluation.realframes.CellGeometry`) over which every :meth:`cell` is
