@@ -90,7 +90,7 @@ def _is_memmap(a: Any) -> bool:
 
 
 def is_memmap(a: Any) -> bool:
-    """True for a memory-mapped array (as :func:`open_micrograph_memmap` returns)."""
+    """True for a memory-mapped array (as :func:`data_prep.io.open_micrograph_memmap` returns)."""
     return _is_memmap(a)
 
 
