@@ -56,15 +56,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from stem_denoise.common.device import pick_device
-from stem_denoise.common.errors import CheckpointError, ConfigError, InputError
-from stem_denoise.common.precision import resolve_precision
 from cyclegan import losses
-from cyclegan.checkpoint import (FORMAT_VERSION, TRAIN_KIND, CheckpointWriteError, export_generator,
-                                 safe_torch_load, save_checkpoint)
+from cyclegan.checkpoint import (
+    FORMAT_VERSION,
+    TRAIN_KIND,
+    CheckpointWriteError,
+    export_generator,
+    safe_torch_load,
+    save_checkpoint,
+)
 from cyclegan.config import RUNTIME_FIELDS, TrainConfig, config_differences, config_to_dict, write_config_record
 from cyclegan.data import DataInfo, StepBatchSampler, UnpairedPatches, make_loader, read_data_info
 from cyclegan.models import build_discriminator, build_generator
+from stem_denoise.common.device import pick_device
+from stem_denoise.common.errors import CheckpointError, ConfigError, InputError
+from stem_denoise.common.precision import resolve_precision
 
 LOSS_NAMES = ("loss_G", "gan_G", "gan_F", "cycle_A", "cycle_B", "idt_A", "idt_B", "lowfreq", "loss_D_A", "loss_D_B")
 STOCHASTIC_LOSS_NAMES = ("loss_G", "clean", "gan_G", "lowfreq", "loss_D_B")
@@ -533,13 +539,13 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike | None, out_dir: str | o
     ``resume=True`` continues from ``out_dir/last.pt`` (or ``previous.pt``; a fresh start if neither exists);
     without it, a folder that already holds a checkpoint is refused. ``dashboard``: an object with
     ``scalars(step, dict)``/``images(step, dict)`` (default: a :class:`cyclegan.dashboard.Dashboard` on
-    ``out_dir/log.jsonl``). ``init``: a generator export (e.g. the shipped ``stem_denoise/models/default.pt``) whose weights
-    start G in a fresh run (fine-tuning); its architecture must equal ``cfg.generator``. The data folder's period
-    (manifest or config) is checked against the lattice measured on its patches (more than 15 % apart is refused
+    ``out_dir/log.jsonl``). ``init``: a generator export (e.g. the shipped ``stem_denoise/models/default.pt``) whose
+    weights start G in a fresh run (fine-tuning); its architecture must equal ``cfg.generator``. The data folder's
+    period (manifest or config) is checked against the lattice measured on its patches (more than 15 % apart is refused
     unless ``force_period``). A run that fails before its first checkpoint removes the config.json and log.jsonl
-    it wrote and the folders it made, so a plain rerun can start. Returns a summary dict (final step, last losses, images/s, paths, weight digests).
-    Raises ConfigError/CheckpointError/InputError for problems the user can fix and TrainingDiverged when a loss
-    is not finite.
+    it wrote and the folders it made, so a plain rerun can start. Returns a summary dict (final step, last losses,
+    images/s, paths, weight digests). Raises ConfigError/CheckpointError/InputError for problems the user can fix and
+    TrainingDiverged when a loss is not finite.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError("cfg must be a TrainConfig")
@@ -574,8 +580,8 @@ def _run_folder_state(out_dir: Path) -> tuple[list[Path], set[str]]:
 
 def _undo_failed_start(out_dir: Path, before: tuple[list[Path], set[str]]) -> None:
     """After a run that failed before writing any checkpoint: remove the files it wrote into the run folder
-    (config.json, log.jsonl, ...: they would block a plain rerun) and the folders it created, if empty. A run that saved a checkpoint is left as it
-    is: it can be resumed."""
+    (config.json, log.jsonl, ...: they would block a plain rerun) and the folders it created, if empty. A run that
+    saved a checkpoint is left as it is: it can be resumed."""
     missing, names = before
     if not out_dir.is_dir():
         return
@@ -595,9 +601,8 @@ def _check_manifest_period(info: DataInfo, data_dir: Path, ctx: DistContext, *, 
     few of its patches (trainB, else trainA): more than 15 % apart is refused unless ``force``. Returns a note to
     show once the run has started: where no patch can be measured (the given period is used), or where ``force``
     let a disagreeing period through."""
-    from data_prep.lattice import measure_lattice
-
     from cyclegan.data import list_patches, read_patch
+    from data_prep.lattice import measure_lattice
 
     files: list[Path] = []
     for sub in ("trainB", "trainA"):
@@ -877,8 +882,18 @@ def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | Non
     trainB patches are in their micrograph's normalised units, so the pairs keep those units. Their noise comes
     from ``estimates`` (:func:`cyclegan.pairs.draw_estimated_noise`, at the chosen micrograph's own period, with the
     refiner's corrections) or, without them, from ``cfg.noise`` at a native period drawn from ``period_range``."""
-    from cyclegan.pairs import (MARGIN_MODEL_PX, SoftSample, SyntheticPairs, draw_estimated_noise, draw_noise,
-                                log_uniform, native_crop, pair_from_crop, resample, step_generator)
+    from cyclegan.pairs import (
+        MARGIN_MODEL_PX,
+        SoftSample,
+        SyntheticPairs,
+        draw_estimated_noise,
+        draw_noise,
+        log_uniform,
+        native_crop,
+        pair_from_crop,
+        resample,
+        step_generator,
+    )
     from cyclegan.synth import SceneBank
 
     crop = int(cfg.crop_px or info.patch_px)

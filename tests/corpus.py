@@ -2,8 +2,8 @@
 
 Every builder writes into a folder the caller gives (a pytest ``tmp_path``) and returns the path it made, so a
 test never touches anything outside its own temporary folder. Scripts are run either in-process (their
-``main(argv)`` through :func:`stem_denoise.common.cli.run_main`, exactly what ``python scripts/x.py`` does, at no start-up
-cost) or as real subprocesses (to prove that no traceback reaches the terminal).
+``main(argv)`` through :func:`stem_denoise.common.cli.run_main`, exactly what ``python scripts/x.py`` does, at no
+start-up cost) or as real subprocesses (to prove that no traceback reaches the terminal).
 """
 from __future__ import annotations
 
@@ -141,8 +141,8 @@ def assert_clean_failure(res: Result, *, code: int = 2, match: str | Iterable[st
     """Assert a run failed the way a user should see it; return its error line.
 
     Exit status ``code``; no traceback; stderr holds exactly one line that says what is wrong (``error: ...``
-    from :func:`stem_denoise.common.cli.fail`, or argparse's ``prog: error: ...``). With ``usage_ok`` (argparse usage errors)
-    the error line may follow argparse's usage block. ``match``: text(s) of which at least one must appear in
+    from :func:`stem_denoise.common.cli.fail`, or argparse's ``prog: error: ...``). With ``usage_ok`` (argparse usage
+    errors) the error line may follow argparse's usage block. ``match``: text(s) of which at least one must appear in
     the error line (case-insensitive).
     """
     detail = res.describe()

@@ -1,8 +1,8 @@
 """A corpus of bad inputs across the command-line scripts.
 
 Every case builds its bad input in ``tmp_path`` (helpers in ``tests/corpus.py``), runs a script the way
-``python scripts/<name>.py`` does (``main(argv)`` through ``stem_denoise.common.cli.run_main``, in this process, so torch is
-imported once), and checks what a user would see: exit status 2, exactly one clear line on stderr naming the
+``python scripts/<name>.py`` does (``main(argv)`` through ``stem_denoise.common.cli.run_main``, in this process, so
+torch is imported once), and checks what a user would see: exit status 2, exactly one clear line on stderr naming the
 problem, no traceback, no partial output, and no existing file touched. argparse rejects some values itself:
 those cases accept argparse's usage block followed by its one ``error:`` line.
 
@@ -245,11 +245,13 @@ CASES: dict[str, Callable[[Path, dict], Case]] = {
                                                "does not fit"),
     "train_manifest_negative_period": lambda t, a: Case(
         "train_cyclegan", ["--data", str(C.patch_folder_variant(t / "d", manifest={"period_px": -12.8})),
-                           "--out", str(t / "run"), "--no-dashboard", "--no-progress", "--config", str(_tiny_config(t))],
+                           "--out", str(t / "run"), "--no-dashboard", "--no-progress",
+                           "--config", str(_tiny_config(t))],
         "positive"),
     "train_manifest_nan_period": lambda t, a: Case(
         "train_cyclegan", ["--data", str(C.patch_folder_variant(t / "d", manifest={"period_px": float("nan")})),
-                           "--out", str(t / "run"), "--no-dashboard", "--no-progress", "--config", str(_tiny_config(t))],
+                           "--out", str(t / "run"), "--no-dashboard", "--no-progress",
+                           "--config", str(_tiny_config(t))],
         "positive"),
     "train_patch_smaller_than_crop": lambda t, a: Case(
         "train_cyclegan", ["--data", str(C.patch_folder_variant(t / "d", small_patch=True)), "--out", str(t / "run"),

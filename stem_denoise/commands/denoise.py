@@ -4,8 +4,8 @@
         [--period PX [--force-period]] [--tta] [--batch-size N] [--tile PX] [--overlap PX]
         [--device auto|cpu|cuda|cuda:K] [--precision auto|fp32|bf16] [--overwrite] [--float32] [--quiet]
 
-Without --checkpoint the shipped default model stem_denoise/models/default.pt is used (trained on simulated micrographs; see
-models/README.md), or the generator export the environment variable STEM_DENOISE_MODEL names.
+Without --checkpoint the shipped default model stem_denoise/models/default.pt is used (trained on simulated
+micrographs; see models/README.md), or the generator export the environment variable STEM_DENOISE_MODEL names.
 
 INPUT is any mix of micrograph files and folders. Each micrograph's lattice period is measured (or taken from
 --period, in the input's px, and checked against the measured one: more than 15 % apart is refused unless
@@ -26,7 +26,6 @@ import argparse
 import os
 from pathlib import Path
 
-
 from stem_denoise.common.cli import ArgumentParser, positive_float, positive_int, run_main
 from stem_denoise.common.errors import InputError
 
@@ -38,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="micrograph files and/or folders")
     p.add_argument("--checkpoint", default=None,
-                   help="generator export (RUN_DIR/generator.pt; default: the shipped stem_denoise/models/default.pt, or "
+                   help="generator export (RUN_DIR/generator.pt; default: the shipped "
+                        "stem_denoise/models/default.pt, or "
                         "$STEM_DENOISE_MODEL)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--period", type=positive_float, default=None,
@@ -101,7 +101,8 @@ def default_checkpoint(say=print) -> Path:
     if from_env:
         say(f"using the default model {shown} (from {DEFAULT_MODEL_ENV}; no --checkpoint given)")
     else:
-        say(f"using the shipped default model {shown} (trained on simulated micrographs; see stem_denoise/models/README.md)")
+        say(f"using the shipped default model {shown} (trained on simulated micrographs; "
+            "see stem_denoise/models/README.md)")
     return path
 
 

@@ -23,7 +23,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-
 from stem_denoise.common.cli import ArgumentParser, nonneg_int, one_line, positive_int, report_error, run_main
 from stem_denoise.common.errors import InputError
 from stem_denoise.common.jsonable import json_default
@@ -92,11 +91,8 @@ def _load_mask(path: str, marks: str):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import numpy as np
 
-    from stem_denoise.common.atomic import atomic_write_bytes
-    from data_prep.io import list_micrographs, read_micrograph, read_micrograph_meta, write_micrograph
-    from dip_baseline.api import dip_denoise
+    from data_prep.io import list_micrographs, read_micrograph, read_micrograph_meta
     from dip_baseline.optimize import dip_precision
     from stem_denoise.common.atomic import check_output_location, make_output_dir, remove_created_dirs
     from stem_denoise.common.device import pick_device
@@ -178,9 +174,9 @@ def main(argv=None) -> int:
 
 def _restore_one(args, f: Path, tif: Path, rec_path: Path, known, truth, scale: int, device) -> None:
     """Fit, write and record one micrograph; InputError for anything about this file the user can fix."""
-    from stem_denoise.common.atomic import atomic_write_bytes
     from data_prep.io import read_micrograph, write_micrograph
     from dip_baseline.api import dip_denoise
+    from stem_denoise.common.atomic import atomic_write_bytes
 
     image, meta = read_micrograph(f, frame=args.frame)
     out, record = dip_denoise(

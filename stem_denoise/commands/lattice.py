@@ -17,11 +17,10 @@ import math
 import time
 from pathlib import Path
 
-
-from stem_denoise.common.cli import ArgumentParser, one_line, report_error, run_main
-from stem_denoise.common.errors import InputError
 from data_prep.io import list_micrographs, read_micrograph
 from data_prep.lattice import measure_lattice
+from stem_denoise.common.cli import ArgumentParser, one_line, report_error, run_main
+from stem_denoise.common.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,14 +15,13 @@ import json
 import time
 from pathlib import Path
 
-
 import numpy as np
 
+from data_prep.io import MicrographMeta, write_micrograph
+from data_prep.simulate import DENT_SHAPES, LATTICES, SimParams, save_simulation, simulate, synthetic_lattice
 from stem_denoise.common.atomic import atomic_write_bytes, output_folder
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import ConfigError, InputError
-from data_prep.io import MicrographMeta, write_micrograph
-from data_prep.simulate import DENT_SHAPES, LATTICES, SimParams, save_simulation, simulate, synthetic_lattice
 
 DENT_CHOICES = ("none",) + DENT_SHAPES
 

@@ -1,6 +1,7 @@
 """Train the CycleGAN denoiser on prepared patch folders.
 
-    python scripts/train_cyclegan.py --data DATA --out RUN_DIR [--profile default|quick|classic|classic-quick] [--init stem_denoise/models/default.pt] [--config FILE.json]
+    python scripts/train_cyclegan.py --data DATA --out RUN_DIR [--profile default|quick|classic|classic-quick] [--init
+    stem_denoise/models/default.pt] [--config FILE.json]
                                      [--steps N] [--resume] [--no-dashboard] [--port 8097]
 
 Multi-GPU / multi-node: launch the same command with torchrun, e.g. on each of 2 nodes with 8 GPUs
@@ -21,7 +22,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-
 from stem_denoise.common.cli import ArgumentParser, run_main
 
 
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base settings (default: 'default', the stochastic objective; 'classic' is the classic "
                         "CycleGAN objective of the reference recipe; ignored with --resume, which uses the run's "
                         "config)")
-    p.add_argument("--init", help="start the generator from this export (e.g. stem_denoise/models/default.pt: fine-tuning); "
+    p.add_argument("--init", help="start the generator from this export (e.g. stem_denoise/models/default.pt: "
+                                  "fine-tuning); "
                                   "its architecture is taken over")
     p.add_argument("--config", help="JSON file with settings laid over the profile")
     p.add_argument("--steps", type=int, help="total number of training steps")

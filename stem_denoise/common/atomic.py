@@ -74,7 +74,8 @@ def _publish(tmp_path: Path, path: Path, overwrite: bool) -> None:
 def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was. With ``overwrite=False`` an existing ``path`` raises :class:`InputError` before anything is
+    On any exception the temporary file is removed and ``path`` is left as it was. With ``overwrite=False`` an existing
+    ``path`` raises :class:`InputError` before anything is
     written, and again (without replacing it) if it appeared while writing.
     A missing or unwritable output folder raises :class:`InputError`.
     """

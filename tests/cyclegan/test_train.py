@@ -8,8 +8,6 @@ import pytest
 import tifffile
 import torch
 
-from stem_denoise.common.cli import run_main
-from stem_denoise.common.errors import CheckpointError, ConfigError, InputError
 from cyclegan import checkpoint as ckpt_mod
 from cyclegan import losses
 from cyclegan.checkpoint import CheckpointWriteError, load_generator, safe_torch_load
@@ -17,6 +15,8 @@ from cyclegan.config import config_from_dict, config_to_dict, load_config, profi
 from cyclegan.data import UnpairedPatches, write_toy_patches
 from cyclegan.losses import LowPass
 from cyclegan.train import LOSS_NAMES, TrainingDiverged, lr_factor, train
+from stem_denoise.common.cli import run_main
+from stem_denoise.common.errors import CheckpointError, ConfigError, InputError
 from tests.cyclegan.helpers import StubDashboard
 
 torch.set_num_threads(1)

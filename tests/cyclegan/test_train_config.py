@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cyclegan.config import (PROFILES, TrainConfig, config_from_dict, config_to_dict, profile_config,
-                             write_config_record)
+from cyclegan.config import PROFILES, TrainConfig, config_from_dict, config_to_dict, profile_config, write_config_record
 from cyclegan.models import DiscriminatorConfig, GeneratorConfig
 from cyclegan.pairs import NoiseRanges
 from cyclegan.train import _check_resume_config

@@ -52,7 +52,8 @@ def tiff_bytes(width, height, data=b"", *, bps=16, sample_format=1, declared_cou
     entries = []
 
     def e(tag, typ, cnt, val):
-        entries.append(struct.pack("<HHII", tag, typ, cnt, val) if typ == 4 else struct.pack("<HHIHH", tag, typ, cnt, val, 0))
+        entries.append(struct.pack("<HHII", tag, typ, cnt, val) if typ == 4
+                       else struct.pack("<HHIHH", tag, typ, cnt, val, 0))
 
     e(256, 4, 1, width)
     e(257, 4, 1, height)
@@ -586,8 +587,9 @@ def test_dm_through_rosettasciio_picks_the_haadf_image_and_its_calibration(tmp_p
     haadf = noisy((16, 24), "int16")
     spectrum = {"data": np.arange(100.0), "axes": [_axis("Energy loss", 100, 0.1, "eV", 0)],
                 "metadata": {"General": {"title": "EELS"}}}
-    image = lambda d, t: {"data": d, "axes": [_axis("y", 16, 0.5, "\u00c5", 0), _axis("x", 24, 0.5, "\u00c5", 1)],
-                          "metadata": {"General": {"title": t}}}
+    def image(d, t):
+        return {"data": d, "axes": [_axis("y", 16, 0.5, "\u00c5", 0), _axis("x", 24, 0.5, "\u00c5", 1)],
+                "metadata": {"General": {"title": t}}}
     calls = _fake_rsciio(monkeypatch, [spectrum, image(bf, "BF"), image(haadf, "HAADF 1")])
     (tmp_path / "a.dm3").write_bytes(struct.pack(">I", 3) + b"\0" * 60)
     back, m = read_micrograph(tmp_path / "a.dm3")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from stem_denoise.common.errors import InputError
 from data_prep.simulate import Dent, simulate
+from stem_denoise.common.errors import InputError
 from stem_denoise.evaluation.metrics import (
     PSNR_CAP_DB,
     ColumnTruth,

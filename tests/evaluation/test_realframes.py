@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from stem_denoise.common.errors import InputError
 from data_prep.simulate import simulate
+from stem_denoise.common.errors import InputError
 from stem_denoise.evaluation.realframes import (
     THRESHOLDS,
     CellGeometry,

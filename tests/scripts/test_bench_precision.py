@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from stem_denoise.common.cli import run_main
-from stem_denoise.common.precision import cpu_has_native_bf16
 from cyclegan.checkpoint import export_generator
 from cyclegan.models import GeneratorConfig, build_generator
+from stem_denoise.common.cli import run_main
+from stem_denoise.common.precision import cpu_has_native_bf16
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from stem_denoise.common.cli import run_main
 from cyclegan.checkpoint import export_generator
 from cyclegan.models import GeneratorConfig, build_generator
 from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
 from data_prep.simulate import simulate
+from stem_denoise.common.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "denoise.py"
@@ -210,9 +210,9 @@ def test_bad_option_values_are_usage_errors(tmp_path, checkpoint, capsys):
 def test_precision_fp32_is_the_plain_float32_network(tmp_path, checkpoint, capsys):
     """--precision fp32 gives exactly the float32 network's output (what the script computed before it had a
     precision option), and so does the default on a CPU without native bf16; bf16 gives a close one."""
-    from stem_denoise.common.precision import cpu_has_native_bf16
     from cyclegan.checkpoint import load_generator
     from data_prep.normalize import robust_range
+    from stem_denoise.common.precision import cpu_has_native_bf16
 
     r = simulate(shape=(96, 120), period_px=12.8, angle_deg=14.0, dose=20, seed=5)
     (tmp_path / "in").mkdir()

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from stem_denoise.common.cli import run_main
 from data_prep.io import MicrographMeta, read_micrograph, write_micrograph
+from stem_denoise.common.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "dip_denoise.py"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stem_denoise.common.cli import run_main
 from data_prep.io import write_micrograph
 from data_prep.simulate import save_simulation, simulate
+from stem_denoise.common.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "lattice.py"

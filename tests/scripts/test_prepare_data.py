@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from stem_denoise.common.errors import InputError
 from data_prep.io import write_micrograph
 from data_prep.simulate import Dent, save_simulation, simulate, synthetic_lattice
+from stem_denoise.common.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "prepare_data.py"

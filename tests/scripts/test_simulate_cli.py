@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stem_denoise.common.cli import run_main
 from data_prep.io import read_micrograph
 from data_prep.lattice import measure_lattice
 from data_prep.simulate import load_simulation
+from stem_denoise.common.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "simulate.py"
