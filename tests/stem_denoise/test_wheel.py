@@ -87,9 +87,9 @@ def test_console_command_runs_a_job(installed, tmp_path):
     proc = _run(installed, [str(exe), "simulate", "--out", "sims", "--n", "1", "--size", "96", "--periods", "10",
                             "--doses", "20"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    tifs = sorted(p.name for p in (tmp_path / "sims").glob("*.tif"))
-    assert tifs, proc.stdout
-    proc = _run(installed, [str(exe), "lattice", str(tmp_path / "sims")], tmp_path)
+    noisy = sorted(p for p in (tmp_path / "sims").glob("sim_*.tif") if not p.stem.endswith(("_truth", "_thickness")))
+    assert noisy, proc.stdout
+    proc = _run(installed, [str(exe), "lattice", str(noisy[0])], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"period_px"' in proc.stdout
     proc = _run(installed, [str(exe), "nonsense"], tmp_path)
