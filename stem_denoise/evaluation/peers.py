@@ -188,11 +188,14 @@ def _quiet():
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
     sink = io.StringIO()
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # loggers CAREamics creates during the run hold the real stdout
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
             yield
     finally:
+        logging.disable(disabled)
         for n, lv in levels.items():
             logging.getLogger(n).setLevel(lv)
 
