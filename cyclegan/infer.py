@@ -59,6 +59,7 @@ __all__ = [
     "shard",
     "denoise_files",
     "check_period",
+    "site_spacing_factor",
     "PERIOD_TOLERANCE",
     "SCALE_SNAP",
 ]
@@ -124,6 +125,47 @@ def check_period(image, period_px: float, *, force: bool = False, name: str = "i
     return given, None
 
 
+WORKING_SCALES = ("cell", "sites")
+SITE_FACTOR_MIN = 0.7  # the "sites" working scale magnifies by at most 1 / this
+SITE_MIN_HEIGHT = 0.15  # cell-average sites weaker than this (relative to the strongest) do not set the spacing
+
+
+def site_spacing_factor(image, period_px: float | None = None) -> tuple[float, dict]:
+    """How much finer than the lattice period the network should see the micrograph (the ``"sites"`` scale).
+
+    ``period_px``: the lattice period the factor applies to (default: the one measured here).
+
+    The unit-cell average of a central crop (:func:`stem_denoise.evaluation.realframes.cell_average`, noise
+    averaged away, weak sites kept) gives the column sites of the cell; the shortest distance between sites at least
+    :data:`SITE_MIN_HEIGHT` of the strongest is the nearest column spacing. Returns ``(factor, record)`` with
+    ``factor = spacing / period`` clipped to ``[SITE_FACTOR_MIN, 1]``: 1 for a one-site cell (square, hexagonal),
+    0.71 for a perovskite whose B sites show. Where the average cannot be taken the factor is 1 and the record says
+    why. Measured effect (README, "Working scale"): weak sites kept, gains on perovskites and dumbbells, losses on
+    some honeycombs and particles in vacuum; hence opt-in.
+    """
+    from data_prep.lattice import measure_lattice
+    from stem_denoise.evaluation.realframes import cell_average, cell_sites, relative_heights, site_spacing
+
+    h, w = image.shape
+    side = LATTICE_CROP
+    r0, c0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    crop = np.asarray(image[r0:r0 + side, c0:c0 + side], dtype=np.float32)
+    try:
+        lattice = measure_lattice(crop)
+        avg = cell_average(crop, lattice)
+    except InputError as exc:
+        return 1.0, {"factor": 1.0, "note": f"no cell average ({' '.join(str(exc).split())}); cell scale used"}
+    period = float(period_px) if period_px else float(lattice.period_px)
+    sites = cell_sites(avg.average)
+    heights = relative_heights(avg.average, sites) if len(sites) else np.zeros(0)
+    strong = sites[heights >= SITE_MIN_HEIGHT]
+    spacing = site_spacing(strong, avg.geometry) if len(strong) > 1 else None
+    factor = 1.0 if spacing is None else float(min(1.0, max(SITE_FACTOR_MIN, spacing / period)))
+    return factor, {"factor": factor, "sites": int(len(strong)),
+                    "spacing_px": None if spacing is None else round(float(spacing), 3),
+                    "cell_period_px": round(float(lattice.period_px), 3)}
+
+
 def _robust_range(image) -> tuple[float, float]:
     from data_prep.normalize import robust_range
 
@@ -158,6 +200,7 @@ def denoise_array(
     progress: bool = False,
     plan: TilePlan | None = None,
     stats: dict | None = None,
+    working_scale: str = "cell",
 ) -> np.ndarray:
     """Denoise a 2-D micrograph (source units in, source units out) with a generator export's network.
 
@@ -169,6 +212,9 @@ def denoise_array(
     "fp32", "bf16"; see :mod:`stem_denoise.common.precision`) is the network's arithmetic; the result is float32
     either way.
     ``stats`` (a dict) is filled with the scale, tile plan, intensity range and precision ("fp32"/"bf16") used.
+    ``working_scale``: "cell" (the lattice period maps to the model's period, as in training) or "sites" (the
+    period is first multiplied by :func:`site_spacing_factor`, so the nearest column spacing of a multi-site cell
+    maps closer to the model's period; opt-in, see there).
     """
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) != 2 or min(shape) < 1:
@@ -182,6 +228,12 @@ def denoise_array(
     period_px = float(period_px)
     if not (np.isfinite(period_px) and period_px > 0):
         raise InputError(f"lattice period must be a positive number of px, got {period_px}")
+    if working_scale not in WORKING_SCALES:
+        raise InputError(f"working scale must be one of {', '.join(WORKING_SCALES)}, got {working_scale!r}")
+    site_record = None
+    if working_scale == "sites":
+        factor, site_record = site_spacing_factor(image, period_px)
+        period_px *= factor
     scale = model_period / period_px
     if abs(scale - 1.0) <= SCALE_SNAP:
         scale = 1.0
@@ -208,6 +260,7 @@ def denoise_array(
     fn = make_tile_fn(generator, dev, tta=tta, precision=precision)
     back = _BackResampler(up_r, up_c)
     if stats is not None:
+        stats.update(working_scale=working_scale, sites=site_record)
         stats.update(scale=scale, model_shape=(hm, wm), lo=lo, hi=hi, period_px=period_px, device=str(dev),
                      precision=fn.precision)
 
@@ -336,6 +389,7 @@ def denoise_files(
     tta: bool = False,
     device: str | None = "auto",
     precision: str | None = "auto",
+    working_scale: str = "cell",
     overwrite: bool = False,
     float32: bool = False,
     rank: int = 0,
@@ -393,7 +447,8 @@ def denoise_files(
             try:
                 st = denoise_file(f, o, generator, info, period_px=period_px, force_period=force_period,
                                   float32=float32, overwrite=overwrite, plan=plan, batch_size=batch_size, tta=tta,
-                                  device=dev, precision=precision, progress=progress)
+                                  device=dev, precision=precision, progress=progress,
+                                  working_scale=working_scale)
             except BusyOutput:
                 counts["skipped"] += 1
                 records.append({"input": str(f), "output": str(o), "status": "skipped"})

@@ -82,14 +82,17 @@ class Denoiser:
         return f"Denoiser({where}, period {self.model_period_px:g} px, {self.device}, precision={self.precision})"
 
     def denoise(self, array, period_px: float | None = None, *, tta: bool = False, tile: int | None = None,
-                batch_size: int | None = None, progress: bool = False, force_period: bool = False) -> np.ndarray:
+                batch_size: int | None = None, progress: bool = False, force_period: bool = False,
+                working_scale: str = "cell") -> np.ndarray:
         """Denoise a 2-D micrograph; return a float32 array of the same shape in the same units.
 
         ``period_px``: the lattice period in the micrograph's px (as :func:`measure_lattice` reports it); measured
         when None. A given period is checked against the measured lattice: more than 15 % apart raises
         :class:`~stem_denoise.common.errors.InputError` naming both, unless ``force_period``. ``tta``: average the
         8 dihedral transforms (8x slower, a little better). ``tile``/``batch_size``: memory knobs (defaults suit
-        the device). The settings actually used (scale, tiles, precision, the period, a note on the period) are in
+        the device). ``working_scale``: "cell" (default) or "sites" (a multi-site cell is magnified so that its
+        nearest column spacing maps closer to the model's period; see :func:`cyclegan.infer.site_spacing_factor`).
+        The settings actually used (scale, tiles, precision, the period, a note on the period) are in
         ``self.last_stats`` afterwards.
         """
         from cyclegan.infer import check_period, denoise_array
@@ -101,7 +104,8 @@ class Denoiser:
             if note:
                 stats["period_note"] = note
         out = denoise_array(image, self.generator, self.info, period_px=period_px, tile=tile, batch_size=batch_size,
-                            tta=tta, device=self.device, precision=self.precision, progress=progress, stats=stats)
+                            tta=tta, device=self.device, precision=self.precision, progress=progress, stats=stats,
+                            working_scale=working_scale)
         self.last_stats = stats
         return out
 

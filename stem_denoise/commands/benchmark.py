@@ -23,7 +23,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import InputError
 
@@ -40,8 +39,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stem_denoise.evaluation.benchmark import (ALL_METHODS, CASE_SETS, PEERS, QUICK_N2V_STEPS,
-                                                    QUICK_SUPERVISED_STEPS)
+    from stem_denoise.evaluation.benchmark import ALL_METHODS, CASE_SETS, PEERS, QUICK_N2V_STEPS, QUICK_SUPERVISED_STEPS
     from stem_denoise.evaluation.independent import INDEPENDENT_KINDS
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -54,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of save_simulation outputs (*.json) or images with *_truth.tif, instead of the "
                         "simulated test set")
     p.add_argument("--checkpoint", type=Path, default=None, help="CycleGAN generator export (skipped when absent)")
+    p.add_argument("--sites-scale", action="store_true",
+                   help="also run the --checkpoint generator at the 'sites' working scale (cyclegan_sites: the "
+                        "nearest column spacing of a multi-site cell maps closer to the model's period)")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH",
                    help="another generator export to run beside --checkpoint, e.g. classic=runs/c/generator.pt "
                         "(repeatable)")
@@ -109,15 +110,15 @@ def main(argv=None) -> int:
         raise InputError(f"--out {args.out} exists and is not a folder")
     from stem_denoise.evaluation.benchmark import parse_compare
 
-    cfg = BenchConfig(compare=parse_compare(args.compare),
-        out_dir=args.out, quick=args.quick, data_dir=args.data, doses=args.doses, lattices=args.lattices,
-        size=args.size, n_large=args.large, large_size=args.large_size, seed=args.seed, checkpoint=args.checkpoint,
-        tta=args.tta, dip=not args.no_dip, dip_preset=args.dip_preset, dip_max_steps=args.dip_steps,
-        dip_max_size=args.dip_max_size, dip_lattices=args.dip_lattices, methods=args.methods, peers=args.peers,
-        n2v_steps=args.n2v_steps, n2v_max_size=args.n2v_max_size, supervised_model=args.supervised_model,
-        supervised_steps=args.supervised_steps, device=args.device,
-        cases=args.cases, independent_kinds=args.kinds, save_outputs=args.save_outputs,
-        overwrite=args.overwrite, progress=not args.no_progress,
+    cfg = BenchConfig(
+        compare=parse_compare(args.compare), sites_scale=args.sites_scale, out_dir=args.out, quick=args.quick,
+        data_dir=args.data, doses=args.doses, lattices=args.lattices, size=args.size, n_large=args.large,
+        large_size=args.large_size, seed=args.seed, checkpoint=args.checkpoint, tta=args.tta, dip=not args.no_dip,
+        dip_preset=args.dip_preset, dip_max_steps=args.dip_steps, dip_max_size=args.dip_max_size,
+        dip_lattices=args.dip_lattices, methods=args.methods, peers=args.peers, n2v_steps=args.n2v_steps,
+        n2v_max_size=args.n2v_max_size, supervised_model=args.supervised_model,
+        supervised_steps=args.supervised_steps, device=args.device, cases=args.cases, independent_kinds=args.kinds,
+        save_outputs=args.save_outputs, overwrite=args.overwrite, progress=not args.no_progress,
     )
     result = run_benchmark(cfg)
     main_rows = [r for r in result.rows if r.get("set") != "independent"]
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
             print(title)
         print(f"{'method':40s} {'cases':>5s} {'PSNR dB':>8s} {'F1':>6s} {'lost':>5s} {'filled vac.':>12s} "
               f"{'s/MP':>8s}")
-        for name, a in aggregate(rows).items():
+        for a in aggregate(rows).values():
             filled = "n/a" if a["halluc_n"] is None else f"{a['halluc_n']}/{a['n_vacancies']}"
             label = a["label"] + (" [oracle]" if a["oracle"] else "")
             print(f"{label:40s} {a['n_cases']:5d} {a['psnr']:8.2f} {a['f1']:6.3f} {a['lost']:5d} {filled:>12s} "

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "against the measured lattice: more than 15%% off is refused")
     p.add_argument("--force-period", action="store_true",
                    help="use --period even where it disagrees with the measured lattice by more than 15%%")
+    p.add_argument("--working-scale", choices=("cell", "sites"), default="cell",
+                   help="cell (default): the lattice period maps to the model's period, as in training; sites: "
+                        "a multi-site cell (perovskite, dumbbells) is magnified so its nearest column spacing maps "
+                        "closer to it (keeps more weak columns; measured in the README)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per batch (default: 16 on CUDA, 2 on CPU)")
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
         args.inputs, args.out, checkpoint, period_px=args.period, force_period=args.force_period,
         tile=args.tile, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, device=args.device, precision=args.precision,
-        overwrite=args.overwrite, float32=args.float32, rank=rank, world_size=world,
+        working_scale=args.working_scale, overwrite=args.overwrite, float32=args.float32, rank=rank, world_size=world,
         progress=not args.quiet and rank == 0,
     )
     who = f"rank {rank}/{world}: " if world > 1 else ""

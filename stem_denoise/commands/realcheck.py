@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period-factor", type=float, default=1.0,
                    help="give the CycleGAN the measured lattice period times this (e.g. 0.5: a finer working "
                         "scale, as denoise.py --period would; default 1)")
+    p.add_argument("--working-scale", choices=("cell", "sites"), default="cell",
+                   help="the CycleGAN's working scale (see denoise.py --working-scale; default cell)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p
 
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
             if path.exists():
                 raise InputError(f"{path} exists; pass --overwrite to replace the results in {args.out}")
     methods, skipped = real_methods(args.methods, checkpoints=args.checkpoint, labels=args.label,
-                                    device=args.device)
+                                    device=args.device, working_scale=args.working_scale)
     if not methods:
         raise InputError("no method to run")
     for s in skipped:

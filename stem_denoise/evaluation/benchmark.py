@@ -332,9 +332,11 @@ def parse_compare(items) -> tuple[tuple[str, Path], ...]:
 
 
 def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None, tta: bool = False,
-                    batch_size: int = 8, name: str = "cyclegan", label: str | None = None) -> Method:
+                    batch_size: int = 8, name: str = "cyclegan", label: str | None = None,
+                    working_scale: str = "cell") -> Method:
     """The CycleGAN generator export at ``checkpoint``, run over stitched tiles by
-    :func:`cyclegan.infer.denoise_array` with the period measured on each micrograph."""
+    :func:`cyclegan.infer.denoise_array` with the period measured on each micrograph (``working_scale``: see
+    there)."""
     from cyclegan.checkpoint import load_generator
     from cyclegan.infer import denoise_array
 
@@ -350,7 +352,7 @@ def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None,
         stats: dict = {}
         period = ctx.lattice_period_px or ctx.period_px
         out = denoise_array(noisy, generator, info, period_px=period, tta=tta, batch_size=batch_size,
-                            device=device or "auto", stats=stats)
+                            device=device or "auto", stats=stats, working_scale=working_scale)
         if "scale" in stats:
             ctx.notes["scale"] = round(float(stats["scale"]), 4)
         if "n_tiles" in stats:
@@ -437,6 +439,7 @@ class BenchConfig:
     seed: int = 0
     checkpoint: Path | None = None
     compare: tuple[tuple[str, Path], ...] = ()
+    sites_scale: bool = False
     tta: bool = False
     dip: bool = True
     dip_preset: str | None = None
@@ -541,6 +544,10 @@ def build_methods(cfg: BenchConfig, *, log=print) -> tuple[list[Method], list[st
                 skipped.append("cyclegan: no --checkpoint given")
                 continue
             methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta))
+            if cfg.sites_scale:
+                methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta, name="cyclegan_sites",
+                                               label="CycleGAN, sites working scale (stitched)",
+                                               working_scale="sites"))
             for lab, path in cfg.compare:
                 methods.append(cyclegan_method(path, device=cfg.device, tta=cfg.tta, name=f"cyclegan_{lab}",
                                                label=f"CycleGAN {lab} (stitched)"))

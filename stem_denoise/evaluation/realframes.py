@@ -58,6 +58,8 @@ __all__ = [
     "CellAverage",
     "cell_geometry",
     "cell_average",
+    "relative_heights",
+    "site_spacing",
     "cell_sites",
     "bragg_power_fraction",
     "lag1_correlations",
@@ -447,7 +449,7 @@ def cell_sites(average: np.ndarray, *, min_prominence: float = SITE_PROMINENCE) 
     return np.stack(np.unravel_index(idx, a.shape), axis=1).astype(np.int64)
 
 
-def _site_spacing(sites: np.ndarray, geom: CellGeometry) -> float | None:
+def site_spacing(sites: np.ndarray, geom: CellGeometry) -> float | None:
     """Shortest distance (px) between two column sites, periodic images included (None with no site)."""
     if len(sites) == 0:
         return None
@@ -465,7 +467,7 @@ def _site_spacing(sites: np.ndarray, geom: CellGeometry) -> float | None:
     return best
 
 
-def _relative_heights(avg: np.ndarray, sites: np.ndarray) -> np.ndarray:
+def relative_heights(avg: np.ndarray, sites: np.ndarray) -> np.ndarray:
     floor = float(avg.min())
     vals = avg[sites[:, 0], sites[:, 1]] - floor
     ref = float(vals[0])
@@ -638,8 +640,8 @@ def real_frame_metrics(raw, output, *, lattice=None, period_px: float | None = N
                    else (1.0 if np.array_equal(avg_raw, avg_out) else 0.0))
 
     sites = cell_sites(avg_raw)
-    h_raw = _relative_heights(avg_raw, sites) if len(sites) else np.zeros(0)
-    h_out = _relative_heights(avg_out, sites) if len(sites) else np.zeros(0)
+    h_raw = relative_heights(avg_raw, sites) if len(sites) else np.zeros(0)
+    h_out = relative_heights(avg_out, sites) if len(sites) else np.zeros(0)
     basis = np.stack([geom.a1, geom.a2])
     site_list = []
     errs = []
@@ -661,7 +663,7 @@ def real_frame_metrics(raw, output, *, lattice=None, period_px: float | None = N
         if not (math.isfinite(period) and period >= 3.0):
             raise InputError(f"period_px must be a finite number >= 3 px, got {period_px}")
     else:
-        spacing = _site_spacing(cell_sites(avg_raw, min_prominence=SPACING_PROMINENCE), geom)
+        spacing = site_spacing(cell_sites(avg_raw, min_prominence=SPACING_PROMINENCE), geom)
         short = min(float(np.hypot(*geom.a1)), float(np.hypot(*geom.a2)))
         if spacing is None:
             period, source = short, "lattice (no site in the cell average)"
@@ -754,14 +756,15 @@ def fixed_gaussian_method(sigma_px: float):
     return Method(f"gaussian_{sigma:g}px".replace(".", "p"), fn, f"Gaussian (fixed sigma {sigma:g} px)")
 
 
-def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = None) -> tuple[list, list[str]]:
+def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = None,
+                 working_scale: str = "cell") -> tuple[list, list[str]]:
     """The methods to run on real frames and ``"name: reason"`` for those left out.
 
     ``names`` (default all of :data:`METHOD_NAMES`): the benchmark's classical filters
     (:func:`stem_denoise.evaluation.benchmark.classical_methods`) with the oracle Gaussian replaced by fixed Gaussians
     of sigma 1 and 2 px; BM3D only when its optional package is installed. Every path in ``checkpoints`` adds a
     CycleGAN generator (:func:`stem_denoise.evaluation.benchmark.cyclegan_method`), labelled by ``labels`` in order
-    where given.
+    where given, run at ``working_scale`` (:func:`cyclegan.infer.denoise_array`).
     """
     import dataclasses
     from pathlib import Path
@@ -792,7 +795,7 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
         path = Path(ckpt)
         if not path.is_file():
             raise InputError(f"--checkpoint {path}: no such file")
-        m = cyclegan_method(path, device=device)
+        m = cyclegan_method(path, device=device, working_scale=working_scale)
         name = "cyclegan" if len(checkpoints) == 1 else f"cyclegan{k + 1}"
         label = labels[k] if k < len(labels) else f"CycleGAN ({path.stem})"
         methods.append(dataclasses.replace(m, name=name, label=label))
