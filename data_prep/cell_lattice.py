@@ -41,7 +41,7 @@ Steps (units: pixels of the micrograph, ``(row, col)``, intensities in its norma
    quadrant: its unit cells do not share one motif, and averaging them would draw a motif that exists nowhere in
    it. Measured: 0.00-0.05 on the four real frames of the project and on simulated frames with a +-4 px line
    wobble (registered away); 0.12-0.14 on a frame whose two halves hold different motifs (B site 0.35 vs 0.9).
-6. **Average**: on a grid of about ``samples_per_px`` samples per micrograph pixel along each cell edge (16-256
+6. **Average**: on a grid of about ``samples_per_px`` samples per micrograph pixel along each cell edge (16-512
    per edge), by bilinear sampling of every cell. Its column sites
    (:func:`stem_denoise.evaluation.realframes.cell_sites`) and their heights above the average's floor relative to
    the strongest, and the residual noise of the average (from random halves, as a fraction of its range), are
@@ -123,7 +123,7 @@ class CellAverageSource:
     """Settings for building domain B from each micrograph's unit-cell average (see the module docstring).
 
     ``local``: register each cell by geometric phase analysis; ``samples_per_px``: cell samples per micrograph
-    pixel along each edge (16-256 per edge); ``background_cells``: sigma of the removed slow background in longer
+    pixel along each edge (16-512 per edge); ``background_cells``: sigma of the removed slow background in longer
     cell edges; ``max_disagreement``: refuse a micrograph whose quadrants' averages differ from the whole's by more
     than this fraction of its range (beyond noise); ``superlattice_min``: a coset difference (beyond
     noise) of at least this fraction of the average's range makes the superlattice the cell; ``max_doublings``: how
@@ -188,10 +188,9 @@ class CellAverageSource:
                 f"crop the frame to one region (or fix the scan distortion), or use a synthetic lattice image")
         coarse = rf.cell_average(flat, geom).average
         noise = _split_noise(flat, geom, rng)
-        short = min(float(np.hypot(*geom.a1)), float(np.hypot(*geom.a2)))
-        s = int(np.clip(math.ceil(self.samples_per_px * short), 16, 256))
-        n1, n2 = rf._samples(s, geom.a1, geom.a2)
-        geom = dataclasses.replace(geom, n1=min(n1, 512), n2=min(n2, 512))
+        l1, l2 = float(np.hypot(*geom.a1)), float(np.hypot(*geom.a2))
+        n1, n2 = (int(np.clip(math.ceil(self.samples_per_px * length), 16, 512)) for length in (l1, l2))
+        geom = dataclasses.replace(geom, n1=n1, n2=n2)
         avg = rf.cell_average(flat, geom).average
         span = float(coarse.max() - coarse.min())
         sites_idx = rf.cell_sites(avg)
