@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo_out
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 dashboard: $(STAMP)

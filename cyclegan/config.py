@@ -73,7 +73,8 @@ class TrainConfig(Config):
     pairs); "ranges" draws it from ``noise``; "auto" is "estimated" when the manifest holds estimates, else "ranges"
     (and always "ranges" for the synthetic source). With estimated noise and micrographs, ``refine_noise`` (off by
     default: on simulations it recovered a wrong dose but let good correlation and read-noise estimates drift, so
-    the estimates alone were the more accurate) refines the estimates adversarially: a discriminator D_A tells real micrograph patches from noise-layer outputs, and the
+    the estimates alone were the more accurate) refines the estimates adversarially: a discriminator D_A tells real
+    micrograph patches from noise-layer outputs, and the
     noise corrections learn from its verdict (weight ``lambda_noise_adv``) at ``noise_lr_factor`` times the
     generator's learning rate (see :mod:`cyclegan.pairs`). None of these change a synthetic-source run.
     """

@@ -98,7 +98,8 @@ def ma1_coefficient(rho: float) -> float:
 
 
 def _ma1_apply(e: torch.Tensor, c, norm, dim: int) -> torch.Tensor:
-    """``(e_t + c * e_{t-1}) / norm`` along ``dim`` (-1 along the rows, -2 down the columns); the first sample is kept."""
+    """``(e_t + c * e_{t-1}) / norm`` along ``dim`` (-1 along the rows, -2 down the columns); the first sample is
+    kept."""
     if dim == -1:
         return torch.cat([e[..., :1], (e[..., 1:] + c * e[..., :-1]) / norm], dim=-1)
     return torch.cat([e[..., :1, :], (e[..., 1:, :] + c * e[..., :-1, :]) / norm], dim=-2)

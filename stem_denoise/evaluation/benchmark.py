@@ -5,7 +5,8 @@ the lattice period. A *method* is any callable ``fn(noisy: np.ndarray, ctx: Meth
 returns an image of the same shape in the same units; the classical filters, the CycleGAN generator (stitched tiles,
 :func:`cyclegan.infer.denoise_array`) and the Deep Image Prior (:func:`dip_baseline.api.dip_denoise`) are plugged in
 through small adapters that import their packages only when used. Every output is scored with
-:func:`stem_denoise.evaluation.metrics.evaluate` and timed; :func:`run_benchmark` writes ``results.csv``, ``results.md``, one
+:func:`stem_denoise.evaluation.metrics.evaluate` and timed; :func:`run_benchmark` writes ``results.csv``,
+``results.md``, one
 figure panel per case and the PSNR- and hallucination-versus-dose plots (:mod:`stem_denoise.evaluation.report`).
 
 Two test sets: the *simulated* set from the project's own simulator (:mod:`data_prep.simulate`, which also makes the
@@ -63,7 +64,8 @@ class Case:
     """One test micrograph: ``noisy`` and ``truth`` float32 (H, W) in the same units; ``columns`` the known columns
     (None when only a truth image is known), restricted to those the finder sees in the truth
     (``hidden_columns``: how many true columns were too faint even there, see
-    :func:`stem_denoise.evaluation.metrics.visible_columns`); ``period_px`` the true period; ``dose`` counts at a column peak
+    :func:`stem_denoise.evaluation.metrics.visible_columns`); ``period_px`` the true period; ``dose`` counts at a
+    column peak
     (None when unknown); ``gain``/``read_sigma`` of the detector (None: the filters estimate them)."""
 
     name: str
@@ -169,7 +171,8 @@ _AUX_SUFFIXES = ("_truth", "_thickness")
 def load_cases(data_dir: str | os.PathLike) -> list[Case]:
     """Cases from a folder: every ``*.json`` written by :func:`data_prep.simulate.save_simulation` (full column
     truth), and every other image with a ``{stem}_truth.tif`` beside it (truth image only: the reference columns
-    are those :func:`stem_denoise.common.columns.find_columns` finds in the truth, vacancies are unknown, so hallucinations are
+    are those :func:`stem_denoise.common.columns.find_columns` finds in the truth, vacancies are unknown, so
+    hallucinations are
     not scored; the period is measured on the truth)."""
     from data_prep.simulate import load_simulation
 
@@ -204,9 +207,9 @@ def load_cases(data_dir: str | os.PathLike) -> list[Case]:
 
 
 def _case_from_images(img_path: Path, truth_path: Path) -> Case:
-    from stem_denoise.common.columns import find_columns
     from data_prep.io import read_micrograph
     from data_prep.lattice import measure_lattice
+    from stem_denoise.common.columns import find_columns
 
     noisy, meta = read_micrograph(img_path)
     truth, _ = read_micrograph(truth_path)
@@ -684,7 +687,8 @@ def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, r
 
 
 def case_set(case: Case) -> str:
-    """The test set a case belongs to: ``"independent"`` (:mod:`stem_denoise.evaluation.independent`), ``"simulated"`` (the
+    """The test set a case belongs to: ``"independent"`` (:mod:`stem_denoise.evaluation.independent`), ``"simulated"``
+    (the
     project's simulator) or ``"data"`` (loaded from a folder)."""
     if case.source in ("independent", "simulated"):
         return case.source
@@ -747,7 +751,7 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
     def on_method(case, m):
         bar.set_postfix_str(f"{case.name} {m.name}")
 
-    for name, make in cases_iter:
+    for _name, make in cases_iter:
         case = make()
         case_rows, outputs, matches, case_skipped, case_errors = run_case(
             case, methods, seed=cfg.seed, on_method=on_method, after_method=lambda c, m: bar.update(1))

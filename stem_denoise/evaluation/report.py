@@ -1,6 +1,7 @@
 """Benchmark report files: CSV of every (case, method) row, Markdown tables per dose, figure panels and plots.
 
-Rows of the independent validation set (``row["set"] == "independent"``, :mod:`stem_denoise.evaluation.independent`) are never
+Rows of the independent validation set (``row["set"] == "independent"``, :mod:`stem_denoise.evaluation.independent`)
+are never
 averaged with the others: they get their own tables per dose, headed as such, and their own plots.
 
 Figures use matplotlib with the non-interactive Agg backend; every file is written atomically.
@@ -269,9 +270,10 @@ def _psnr_by_lattice(rows: Sequence[dict]) -> list[str]:
 INDEPENDENT_INTRO = [
     "## Independent validation set",
     "",
-    "Micrographs from a second, separately written simulator (`stem_denoise.evaluation.independent`), so that no model is",
-    "judged only on the simulator that trained it: white Poisson + Gaussian read noise with a detector gain and an",
-    "offset that the methods are not told (they estimate the noise model), non-Gaussian probes (Gaussian core with",
+    "Micrographs from a second, separately written simulator (`stem_denoise.evaluation.independent`), so that no",
+    "model is judged only on the simulator that trained it: white Poisson + Gaussian read noise with a detector",
+    "gain and an offset that the methods are not told (they estimate the noise model), non-Gaussian probes (Gaussian",
+    "core with",
     "Lorentzian-like tails, astigmatic, Airy-like ring), a pedestal, thickness ramps and an amorphous speckle",
     "background, and square, hexagonal, honeycomb (unequal sublattices), dumbbell, perovskite (weak B site) and",
     "nanoparticle-in-vacuum lattices (every lattice site in the vacuum is a vacancy site), periods of 6-40 px.",
@@ -303,8 +305,8 @@ def write_markdown(rows: Sequence[dict], path: str | Path, *, skipped: Sequence[
     if main_rows or not ind_rows:
         lines += ["Simulated micrographs with known truth (`data_prep.simulate`)."]
     lines += [
-        "Columns are found in every output with the one documented finder (`stem_denoise.common.columns.find_columns`) and",
-        "matched to the true columns within period/3.",
+        "Columns are found in every output with the one documented finder",
+        "(`stem_denoise.common.columns.find_columns`) and matched to the true columns within period/3.",
         "The true columns are those the finder sees in the noise-free truth (CSV `hidden_columns`: true columns too",
         "faint to be found even there, left out for every method).",
         "*lost*: true columns not found; *invented*: found columns with no true column; *filled vac.*: vacancy sites",

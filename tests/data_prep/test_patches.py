@@ -8,8 +8,6 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from stem_denoise.common.columns import find_columns
-from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.io import write_micrograph
 from data_prep.lattice import angle_difference, measure_lattice
 from data_prep.patches import (
@@ -25,6 +23,8 @@ from data_prep.patches import (
     to_model_scale,
 )
 from data_prep.simulate import simulate, synthetic_lattice
+from stem_denoise.common.columns import find_columns
+from stem_denoise.common.errors import ConfigError, InputError
 
 
 def _normalised(img: np.ndarray) -> np.ndarray:

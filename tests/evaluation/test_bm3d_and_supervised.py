@@ -16,7 +16,6 @@ from stem_denoise.evaluation import filters
 from stem_denoise.evaluation import report as R
 from stem_denoise.evaluation import supervised as S
 
-
 # ------------------------------------------------------------------------------------------------ BM3D
 
 def test_correlated_psd_has_the_asked_variance_and_lag1_correlations():

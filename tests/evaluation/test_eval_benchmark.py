@@ -8,8 +8,8 @@ import types
 import numpy as np
 import pytest
 
-from stem_denoise.common.errors import ConfigError, InputError
 from data_prep.simulate import save_simulation, simulate
+from stem_denoise.common.errors import ConfigError, InputError
 from stem_denoise.evaluation import benchmark as B
 from stem_denoise.evaluation.report import aggregate
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from stem_denoise.common.errors import InputError
 from data_prep.simulate import simulate
+from stem_denoise.common.errors import InputError
 from stem_denoise.evaluation import filters as F
 from stem_denoise.evaluation.metrics import ColumnTruth, column_metrics, dent_fidelity, psnr
 
