@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       methods=("noisy", "gaussian_oracle", "cyclegan"), dip=False, cases="both",
                       doses=(2.0, 5.0, 10.0, 20.0), overwrite=True, progress=False)
     res = run_benchmark(cfg, log=lambda *a, **k: None)
-    from scripts.model_card import summarise_bench
+    from stem_denoise.commands.model_card import summarise_bench
 
     summary = summarise_bench(res.rows)
     real_rows = []

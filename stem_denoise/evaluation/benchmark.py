@@ -34,11 +34,15 @@ from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
+from pydantic import ConfigDict, Field, PositiveFloat, field_validator, model_validator
 
 from stem_denoise.common.atomic import make_output_dir
-from stem_denoise.common.errors import ConfigError, InputError
+from stem_denoise.common.config import Config
+from stem_denoise.common.errors import InputError
 from stem_denoise.evaluation import filters
 from stem_denoise.evaluation.metrics import ColumnMatch, ColumnTruth, evaluate, match_to_truth, visible_columns
+
+LatticeName = Literal["square", "rect", "hex", "perovskite"]
 
 DEFAULT_DOSES = (2.0, 5.0, 10.0, 20.0)
 DEFAULT_LATTICES = ("square", "hex", "perovskite")
@@ -421,9 +425,9 @@ def dip_method(*, preset: str | None = None, max_steps: int | None = None, devic
 
 # ------------------------------------------------------------------------------------------------ config / run
 
-@dataclass
-class BenchConfig:
-    """Benchmark settings (validated by :meth:`validate`). ``methods``: names to run (default: all available);
+class BenchConfig(Config):
+    """Benchmark settings: types and ranges are checked when it is made (one-line :class:`ConfigError` naming the
+    key); :meth:`validate` checks the files and folders it names. ``methods``: names to run (default: all available);
     ``dip_max_size``: DIP is skipped on micrographs with more than ``dip_max_size**2`` pixels (it optimises a
     network per image: hours for 2048^2 on a CPU); ``dip_lattices``: DIP only on cases of these lattices (default
     all; ``quick``: the first lattice only, at most 400 steps). ``cases``: the test set, ``"simulated"`` (the
@@ -431,14 +435,16 @@ class BenchConfig:
     ``independent_kinds``: kinds of the independent set to run (default all; its doses are ``doses`` or 2, 5, 10,
     20 also with ``quick``; its field side is ``size`` or 256, 128 with ``quick``, at most 512)."""
 
+    model_config = ConfigDict(frozen=False)
+
     out_dir: Path
     quick: bool = False
     data_dir: Path | None = None
-    doses: tuple[float, ...] | None = None
-    lattices: tuple[str, ...] | None = None
-    size: int | None = None
-    n_large: int | None = None
-    large_size: int = 2048
+    doses: tuple[PositiveFloat, ...] | None = Field(None, min_length=1)
+    lattices: tuple[LatticeName, ...] | None = Field(None, min_length=1)
+    size: int | None = Field(None, ge=32, le=16384)
+    n_large: int | None = Field(None, ge=0)
+    large_size: int = Field(2048, ge=256, le=16384)
     seed: int = 0
     checkpoint: Path | None = None
     compare: tuple[tuple[str, Path], ...] = ()
@@ -446,79 +452,69 @@ class BenchConfig:
     tta: bool = False
     dip: bool = True
     dip_preset: str | None = None
-    dip_max_steps: int | None = None
-    dip_max_size: int = 1024
-    dip_lattices: tuple[str, ...] | None = None
+    dip_max_steps: int | None = Field(None, ge=1)
+    dip_max_size: int = Field(1024, ge=16)
+    dip_lattices: tuple[LatticeName, ...] | None = Field(None, min_length=1)
     methods: tuple[str, ...] | None = None
     peers: bool = False
-    n2v_steps: int | None = None
-    n2v_max_size: int = 1024
+    n2v_steps: int | None = Field(None, ge=1)
+    n2v_max_size: int = Field(1024, ge=16)
     supervised_model: Path | None = None
-    supervised_steps: int | None = None
+    supervised_steps: int | None = Field(None, ge=1)
     device: str | None = None
     cases: Literal["simulated", "independent", "both"] = "simulated"
-    independent_kinds: tuple[str, ...] | None = None
+    independent_kinds: tuple[str, ...] | None = Field(None, min_length=1)
     save_outputs: bool = False
     overwrite: bool = False
     progress: bool = True
 
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v):
+        bad = [m for m in v or () if m not in ALL_METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(ALL_METHODS)}")
+        return v
+
+    @field_validator("independent_kinds")
+    @classmethod
+    def _known_kinds(cls, v):
+        from stem_denoise.evaluation.independent import INDEPENDENT_KINDS
+
+        bad = [k for k in v or () if k not in INDEPENDENT_KINDS]
+        if bad:
+            raise ValueError(f"unknown independent kind(s) {bad}; choose from {', '.join(INDEPENDENT_KINDS)}")
+        return v
+
+    @field_validator("compare")
+    @classmethod
+    def _compare_labels(cls, v):
+        labels = [lab for lab, _ in v]
+        for lab in labels:
+            if not lab or not all(c.isalnum() or c in "-_." for c in lab):
+                raise ValueError(f"label {lab!r}: use letters, digits, '-', '_' or '.'")
+        if len(set(labels)) != len(labels):
+            raise ValueError("labels must differ")
+        return v
+
+    @model_validator(mode="after")
+    def _data_needs_simulated(self) -> "BenchConfig":
+        if self.cases == "independent" and self.data_dir is not None:
+            raise ValueError("--data replaces the simulated set; with --cases independent it would not be used "
+                             "(use --cases both to run both)")
+        return self
+
     def validate(self) -> None:
-        if self.doses is not None:
-            if not self.doses or any(not (math.isfinite(d) and d > 0) for d in self.doses):
-                raise ConfigError(f"doses must be positive numbers, got {self.doses}")
-        if self.lattices is not None:
-            bad = [x for x in self.lattices if x not in ("square", "rect", "hex", "perovskite")]
-            if bad or not self.lattices:
-                raise ConfigError(f"unknown lattice(s) {bad}; choose from square, rect, hex, perovskite")
-        if self.size is not None and not (32 <= int(self.size) <= 16384):
-            raise ConfigError(f"size must be between 32 and 16384 px, got {self.size}")
-        if self.n_large is not None and int(self.n_large) < 0:
-            raise ConfigError(f"the number of large micrographs must be >= 0, got {self.n_large}")
-        if not (256 <= int(self.large_size) <= 16384):
-            raise ConfigError(f"large size must be between 256 and 16384 px, got {self.large_size}")
-        if self.methods is not None:
-            bad = [m for m in self.methods if m not in ALL_METHODS]
-            if bad:
-                raise ConfigError(f"unknown method(s) {bad}; choose from {', '.join(ALL_METHODS)}")
-        if self.dip_lattices is not None:
-            bad = [x for x in self.dip_lattices if x not in ("square", "rect", "hex", "perovskite")]
-            if bad or not self.dip_lattices:
-                raise ConfigError(f"unknown DIP lattice(s) {bad}; choose from square, rect, hex, perovskite")
-        if self.n2v_steps is not None and int(self.n2v_steps) < 1:
-            raise ConfigError(f"N2V steps must be >= 1, got {self.n2v_steps}")
-        if int(self.n2v_max_size) < 16:
-            raise ConfigError(f"n2v_max_size must be >= 16 px, got {self.n2v_max_size}")
-        if self.supervised_steps is not None and int(self.supervised_steps) < 1:
-            raise ConfigError(f"supervised steps must be >= 1, got {self.supervised_steps}")
+        """Check that the files and folders named exist (:class:`InputError`, one line)."""
         if self.supervised_model is not None and Path(self.supervised_model).is_dir():
             raise InputError(f"--supervised-model {self.supervised_model} is a folder; give a file path")
-        if self.dip_max_steps is not None and int(self.dip_max_steps) < 1:
-            raise ConfigError(f"DIP steps must be >= 1, got {self.dip_max_steps}")
-        if int(self.dip_max_size) < 16:
-            raise ConfigError(f"dip_max_size must be >= 16 px, got {self.dip_max_size}")
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise InputError(f"--checkpoint {self.checkpoint}: no such file")
-        labels = [lab for lab, _ in self.compare]
         for lab, path in self.compare:
-            if not lab or not all(c.isalnum() or c in "-_." for c in lab):
-                raise ConfigError(f"--compare label {lab!r}: use letters, digits, '-', '_' or '.'")
             if not Path(path).is_file():
                 raise InputError(f"--compare {lab}={path}: no such file")
-        if len(set(labels)) != len(labels):
-            raise ConfigError("--compare labels must differ")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise InputError(f"--data {self.data_dir}: not a folder")
-        if self.cases not in CASE_SETS:
-            raise ConfigError(f"cases must be one of {', '.join(CASE_SETS)}, got {self.cases!r}")
-        if self.cases == "independent" and self.data_dir is not None:
-            raise ConfigError("--data replaces the simulated set; with --cases independent it would not be used "
-                              "(use --cases both to run both)")
-        if self.independent_kinds is not None:
-            from stem_denoise.evaluation.independent import INDEPENDENT_KINDS
-
-            bad = [k for k in self.independent_kinds if k not in INDEPENDENT_KINDS]
-            if bad or not self.independent_kinds:
-                raise ConfigError(f"unknown independent kind(s) {bad}; choose from {', '.join(INDEPENDENT_KINDS)}")
 
 
 @dataclass
@@ -787,7 +783,7 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
 
 
 def _config_summary(cfg: BenchConfig) -> dict:
-    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    d = cfg.to_dict()
     d.pop("out_dir", None)
     d.pop("progress", None)
     d.pop("overwrite", None)

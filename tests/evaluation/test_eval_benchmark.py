@@ -141,14 +141,18 @@ def test_load_cases_from_a_folder(tmp_path):
 
 
 def test_config_validation(tmp_path):
-    with pytest.raises(ConfigError):
-        B.BenchConfig(out_dir=tmp_path, doses=(0.0,)).validate()
-    with pytest.raises(ConfigError):
-        B.BenchConfig(out_dir=tmp_path, lattices=("cubic",)).validate()
-    with pytest.raises(ConfigError):
-        B.BenchConfig(out_dir=tmp_path, methods=("magic",)).validate()
-    with pytest.raises(InputError):
-        B.BenchConfig(out_dir=tmp_path, checkpoint=tmp_path / "missing.pt").validate()
+    """Types and ranges fail when the config is made, one line naming the key; missing files at validate()."""
+    cases = [(dict(doses=(0.0,)), "doses"), (dict(lattices=("cubic",)), "lattices"), (dict(methods=("magic",)),
+             "magic"), (dict(size=8), "size"), (dict(compare=(("a b", tmp_path),)), "label"), (dict(bogus=1), "bogus"),
+             (dict(cases="independent", data_dir=tmp_path), "--data")]
+    for kw, word in cases:
+        with pytest.raises(ConfigError, match=word) as err:
+            B.BenchConfig(out_dir=tmp_path, **kw)
+        assert "\n" not in str(err.value)
+    cfg = B.BenchConfig(out_dir=tmp_path, checkpoint=tmp_path / "missing.pt")
+    with pytest.raises(InputError, match="missing.pt"):
+        cfg.validate()
+    assert B.BenchConfig.model_json_schema()["properties"]["doses"]
 
 
 def test_aggregate_and_bold_best():
