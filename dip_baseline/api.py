@@ -13,7 +13,6 @@ as NaN and become each tile's mask. Super-resolution always runs on the whole im
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -240,9 +239,9 @@ def _run_tiled(x: np.ndarray, known: np.ndarray | None, net_cfg: SkipNetConfig, 
 
 
 def psnr_db(x: np.ndarray, truth: np.ndarray) -> float:
-    """PSNR in dB of ``x`` against ``truth`` with the truth's data range (max - min); inf when equal."""
-    x = np.asarray(x, np.float64)
+    """PSNR in dB of ``x`` against ``truth`` with the truth's data range (max - min; 1 for a constant truth): the
+    benchmark's :func:`stem_denoise.evaluation.metrics.psnr` (capped at 100 dB)."""
+    from stem_denoise.evaluation.metrics import psnr
+
     truth = np.asarray(truth, np.float64)
-    mse = float(np.mean((x - truth) ** 2))
-    rng = float(truth.max() - truth.min()) or 1.0
-    return math.inf if mse == 0 else 10.0 * math.log10(rng * rng / mse)
+    return psnr(x, truth, data_range=float(truth.max() - truth.min()) or 1.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import mmap
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -68,21 +67,13 @@ def _row_block(width: int, channels: int = 1) -> int:
 
 
 def release_memmap_pages(array: np.ndarray) -> None:
-    """Drop the resident pages of a memory-mapped array from this process (no-op for other arrays).
+    """Drop the resident pages of a whole memory-mapped array from this process (no-op for other arrays and for
+    copy-on-write maps): :func:`stem_denoise.common.tiling.release_pages` over all its rows. The data stay in the
+    file and the page cache and are read back on the next access; only the process's resident set shrinks."""
+    from stem_denoise.common.tiling import release_pages
 
-    Writable maps are flushed first. The data stay in the file and the page cache and are read back on
-    the next access; only the process's resident set shrinks. Copy-on-write maps (mode "c") are left
-    alone, since dropping their pages would drop the private changes.
-    """
-    mm = getattr(array, "_mmap", None)
-    mode = getattr(array, "mode", None)
-    if mm is None or mode not in ("r", "r+", "w+"):
-        return
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        if mode != "r":
-            mm.flush()
-        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            mm.madvise(mmap.MADV_DONTNEED)
+    if isinstance(array, np.ndarray) and array.ndim:
+        release_pages(array, 0, array.shape[0])
 
 
 def _is_memmap(a: Any) -> bool:

@@ -186,11 +186,13 @@ class TileGrid:
 
 
 def _mmap_of(arr) -> mmap.mmap | None:
+    """The file mapping under ``arr`` (None for ordinary arrays and for copy-on-write maps, whose dropped pages
+    would lose their private changes)."""
     obj = arr
     while obj is not None:
         mm = getattr(obj, "_mmap", None)
         if isinstance(mm, mmap.mmap):
-            return mm
+            return None if getattr(obj, "mode", None) == "c" else mm
         if isinstance(obj, mmap.mmap):
             return obj
         obj = getattr(obj, "base", None)
@@ -202,7 +204,8 @@ def release_pages(arr, row0: int, row1: int) -> None:
 
     Mapped file pages count in the process's resident set; dropping them after a strip is read or written keeps
     the peak RSS of a pass over a huge file bounded. Data is safe: the pages stay in the page cache (written ones
-    are flushed by the kernel) and are read back if touched again. A no-op for ordinary arrays.
+    are flushed by the kernel) and are read back if touched again. A no-op for ordinary arrays and copy-on-write
+    maps. The project's one page-release helper (``data_prep.io.release_memmap_pages`` is the whole-array call).
     """
     if not isinstance(arr, np.ndarray) or row1 <= row0 or not hasattr(mmap, "MADV_DONTNEED"):
         return

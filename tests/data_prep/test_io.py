@@ -759,6 +759,15 @@ def test_open_memmap_is_read_only_and_equals_the_data(tmp_path):
         open_micrograph_memmap(tmp_path / "nope.tif")
 
 
+def test_releasing_pages_keeps_a_copy_on_write_maps_private_changes(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(4096 * 8, dtype=np.float32).reshape(64, 512))
+    cow = np.load(tmp_path / "a.npy", mmap_mode="c")
+    cow[:] = -1.0  # private changes, never written to the file
+    release_memmap_pages(cow)
+    assert float(cow.max()) == -1.0  # not dropped (dropping would bring the file's values back)
+    assert float(np.load(tmp_path / "a.npy").max()) > 0
+
+
 def test_create_output_memmap_appears_only_when_complete(tmp_path):
     img = noisy((30, 40), "float32")
     meta = MicrographMeta("uint16", 0.2, "nm", "", img.shape)
