@@ -12,9 +12,10 @@ micrographs'.
 Mask recipe (:func:`dent_mask`), each step a function of its own:
 
 1. subtract the image's mean (:func:`subtract_mean`);
-2. smooth: ``"seed"`` averages each window (:func:`window_mean`), ``"min"`` takes the minimum of each window
-   (:func:`window_min`, the reference recipe's "lowest neighbour within Chebyshev distance 3"), ``"mean"`` averages a
-   wider window (the reference recipe's "mean of neighbours within Chebyshev distance 5");
+2. smooth: ``"recipe"`` (the reference recipe's; ``"seed"`` is accepted as its old name) averages each window
+   (:func:`window_mean`), ``"min"`` takes the minimum of each window (:func:`window_min`, the reference recipe's
+   "lowest neighbour within Chebyshev distance 3"), ``"mean"`` averages a wider window (the reference recipe's
+   "mean of neighbours within Chebyshev distance 5");
 3. turn the dent upwards: for ``polarity="dark"`` (the usual thinner-is-darker dent) the smoothed map is negated,
    for ``"bright"`` it is kept;
 4. stretch to 0-255 (:func:`to_0_255`: min to 0, max to 255, both taken over the pixels at least half a window
@@ -28,7 +29,7 @@ Window and blur scale -- the one departure from the reference recipe's literal s
 micrograph a 5 x 5 px average still holds the lattice (columns are 6-40 px apart), so the thresholded map is a grid of
 column blobs plus noise, not a dent. By default (``scale="period"``) every size is measured in lattice periods:
 
-* ``"seed"``: mean over a window of two periods. One period is the smallest window that spans a unit cell, but on
+* ``"recipe"``: mean over a window of two periods. One period is the smallest window that spans a unit cell, but on
   a turned lattice it leaves a ripple, and the 0-255 stretch anchors 0 at the most extreme fluctuation outside
   the dent, so residual ripple and noise push the 128 threshold towards the flat level and the mask spreads;
   two periods average four cells and bring the threshold close to half the dent's depth (measured on simulated
@@ -72,8 +73,9 @@ from stem_denoise.common.errors import InputError
 
 __all__ = [
     "DENT_METHODS",
-    "SEED_WINDOW_PX",
-    "SEED_BLUR_PX",
+    "DENT_METHOD_ALIASES",
+    "RECIPE_WINDOW_PX",
+    "RECIPE_BLUR_PX",
     "PERIOD_WINDOW",
     "PERIOD_BLUR",
     "DentFit",
@@ -91,13 +93,15 @@ __all__ = [
     "dented_targets",
 ]
 
-DENT_METHODS = ("seed", "min", "mean")
+DENT_METHODS = ("recipe", "min", "mean")
+#: Old names still accepted (the reference recipe used to be called "the seed").
+DENT_METHOD_ALIASES = {"seed": "recipe"}
 #: The reference recipe's literal window sizes in pixels (Chebyshev radius 2, 3 and 5).
-SEED_WINDOW_PX = {"seed": 5, "min": 7, "mean": 11}
+RECIPE_WINDOW_PX = {"recipe": 5, "min": 7, "mean": 11}
 #: Blur sigma (px) used with ``scale="pixels"``; the reference recipe gives none (a 5 x 5 Gaussian kernel is ~1 px).
-SEED_BLUR_PX = 1.0
+RECIPE_BLUR_PX = 1.0
 #: Default window sizes in lattice periods (``scale="period"``).
-PERIOD_WINDOW = {"seed": 2.0, "min": 1.0, "mean": 3.0}
+PERIOD_WINDOW = {"recipe": 2.0, "min": 1.0, "mean": 3.0}
 #: Default blur sigma in lattice periods (``scale="period"``).
 PERIOD_BLUR = 1.0
 POLARITIES = ("dark", "bright")
@@ -118,7 +122,7 @@ def odd_window(size_px: float) -> int:
 
 
 def window_mean(image: np.ndarray, size: int) -> np.ndarray:
-    """Step 2 (``"seed"``/``"mean"``): mean over the ``size x size`` window centred on each pixel (mirror border)."""
+    """Step 2 (``"recipe"``/``"mean"``): mean over the ``size x size`` window centred on each pixel (mirror border)."""
     arr = as_real_image(image)
     return ndimage.uniform_filter(arr, size=int(size), mode="reflect")
 
@@ -189,7 +193,7 @@ def dent_mask(
     image: np.ndarray,
     period_px: float | None,
     *,
-    method: str = "seed",
+    method: str = "recipe",
     polarity: str = "dark",
     scale: str = "period",
     window_px: float | None = None,
@@ -199,13 +203,14 @@ def dent_mask(
     """Dent mask of a micrograph: float32 (H, W) weights in [0, 255], 0 outside the dent.
 
     ``image`` is a 2-D micrograph in any intensity units; ``period_px`` its lattice period in pixels. ``method``
-    picks the smoothing step (``"seed"`` window mean, ``"min"`` window minimum, ``"mean"`` wider window mean);
+    picks the smoothing step (``"recipe"`` window mean, ``"min"`` window minimum, ``"mean"`` wider window mean);
     ``polarity`` says whether dents are ``"dark"`` (thinner, the usual case) or ``"bright"``. With
     ``scale="period"`` (default) windows and blur follow the period (see the module docstring); with
     ``scale="pixels"`` they are the reference recipe's literal pixel sizes; ``window_px`` / ``blur_px`` override either.
     ``threshold`` is on the 0-255 scale. Steps: subtract mean, smooth, orient by polarity, stretch to 0-255,
     zero values under the threshold, Gaussian blur.
     """
+    method = DENT_METHOD_ALIASES.get(method, method)
     if method not in DENT_METHODS:
         raise InputError(f"dent mask method must be one of {', '.join(DENT_METHODS)}, got {method!r}")
     if polarity not in POLARITIES:
@@ -216,11 +221,11 @@ def dent_mask(
         raise InputError(f"dent mask threshold must be in [0, 255], got {threshold}")
     period = _check_period(period_px, needed=scale == "period")
     if window_px is None:
-        size = SEED_WINDOW_PX[method] if scale == "pixels" else odd_window(PERIOD_WINDOW[method] * period)
+        size = RECIPE_WINDOW_PX[method] if scale == "pixels" else odd_window(PERIOD_WINDOW[method] * period)
     else:
         size = odd_window(float(window_px))
     if blur_px is None:
-        sigma = SEED_BLUR_PX if scale == "pixels" else PERIOD_BLUR * period
+        sigma = RECIPE_BLUR_PX if scale == "pixels" else PERIOD_BLUR * period
     else:
         sigma = float(blur_px)
     arr = as_real_image(image)
@@ -230,7 +235,7 @@ def dent_mask(
     border = size // 2
     if method == "min":
         if scale == "period":  # average the noise away first: the minimum of raw counts is a noise extreme
-            pre = odd_window(PERIOD_WINDOW["seed"] * period)
+            pre = odd_window(PERIOD_WINDOW["recipe"] * period)
             centred = window_mean(centred, pre)
             border += pre // 2
         smooth = window_min(centred, size)

@@ -156,7 +156,7 @@ class PrepConfig(Config):
     test_frac: float = Field(0.1, ge=0.0, lt=1.0)
     angle: Literal["auto"] | float = "auto"
     dents: int = Field(20, ge=0)
-    dent_method: Literal[_dents.DENT_METHODS] = "seed"
+    dent_method: Literal[_dents.DENT_METHODS] = "recipe"
     dent_polarity: Literal["dark", "bright"] = "dark"
     dent_scale: Literal["period", "pixels"] = "period"
     dent_mode: Literal["scale", "add"] = "scale"
@@ -171,6 +171,12 @@ class PrepConfig(Config):
     overwrite: bool = False
     preview: bool = True
     progress: bool = True
+
+    @field_validator("dent_method", mode="before")
+    @classmethod
+    def _dent_method_old_name(cls, value: Any) -> Any:
+        """The reference recipe's method used to be called "seed" (old manifests and scripts keep working)."""
+        return _dents.DENT_METHOD_ALIASES.get(value, value) if isinstance(value, str) else value
 
     @field_validator("angle", mode="before")
     @classmethod

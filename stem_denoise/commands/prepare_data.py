@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "DEG degrees counter-clockwise as displayed (the seed's '270 clockwise' is 90)")
     ap.add_argument("--dents", type=int, default=20, metavar="K",
                     help="dented targets per dent mask; 0 = no dents in domain B (default 20)")
-    ap.add_argument("--dent-method", choices=("seed", "min", "mean"), default="seed",
-                    help="dent mask smoothing: window mean, window minimum, wider window mean (default seed)")
+    ap.add_argument("--dent-method", choices=("recipe", "min", "mean", "seed"), default="recipe",
+                    help="dent mask smoothing: recipe (the reference recipe's window mean; 'seed' is its old name), "
+                         "min (window minimum), mean (wider window mean); default recipe")
     ap.add_argument("--dent-polarity", choices=("dark", "bright"), default="dark",
                     help="dents are darker (thinner, default) or brighter than the lattice")
     ap.add_argument("--dent-scale", choices=("period", "pixels"), default="period",

@@ -71,8 +71,8 @@ def test_seed_recipe_runs_its_steps_in_order():
     img = rng.normal(10.0, 1.0, (24, 30))
     img[8:16, 10:20] -= 4.0  # a dark dent
     expected = D.gaussian_blur(D.zero_below(D.to_0_255(-D.window_mean(D.subtract_mean(img), 5), border=2), 128),
-                               D.SEED_BLUR_PX)
-    got = D.dent_mask(img, None, method="seed", scale="pixels")
+                               D.RECIPE_BLUR_PX)
+    got = D.dent_mask(img, None, method="recipe", scale="pixels")
     np.testing.assert_allclose(got, np.clip(expected, 0, 255), atol=1e-4)
     # the variants: 7 px minimum (Chebyshev 3) and 11 px mean (Chebyshev 5)
     exp_min = D.gaussian_blur(D.zero_below(D.to_0_255(-D.window_min(D.subtract_mean(img), 7), border=3), 128), 1.0)
@@ -214,3 +214,12 @@ def test_variants_find_the_dent_too(method):
     assert _iou(D.mask_region(mask), truth) >= 0.5
     fit = D.fit_dent_amplitude(x, mask, r.period_px)
     assert fit.r < -0.85
+
+
+def test_the_reference_recipes_old_method_name_still_works():
+    from data_prep.patches import PrepConfig
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(10.0, 1.0, (96, 96)).astype(np.float32)
+    np.testing.assert_array_equal(D.dent_mask(img, 12.0, method="seed"), D.dent_mask(img, 12.0, method="recipe"))
+    assert PrepConfig(dent_method="seed").dent_method == "recipe" == PrepConfig().dent_method

@@ -12,7 +12,7 @@ from stem_denoise.common.errors import ConfigError
     ({"test_frac": 1.0}, "test_frac must be < 1.0, got 1.0"),
     ({"angle": "sideways"}, "angle must be 'auto' or a number of degrees, got 'sideways'"),
     ({"angle": float("inf")}, "angle must be finite, got inf"),
-    ({"dent_method": "median"}, "dent_method: expected one of 'seed', 'min' or 'mean', got 'median'"),
+    ({"dent_method": "median"}, "dent_method: expected one of 'recipe', 'min' or 'mean', got 'median'"),
     ({"dent_window_px": 0.5}, "dent_window_px must be >= 1.0, got 0.5"),
     ({"preview": "no"}, "preview: expected true/false, got str 'no'"),
     ({"noise_max_pixels": 100}, "noise_max_pixels must be >= 2304, got 100"),
