@@ -80,9 +80,11 @@ def dip_precision(precision: str | None, device: torch.device, settings: DipSett
 
 
 def psnr(x: torch.Tensor, truth: torch.Tensor, data_range: float) -> float:
-    """PSNR in dB of ``x`` against ``truth`` with the given data range (inf when identical)."""
-    mse = float(torch.mean((x.float() - truth.float()) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+    """PSNR in dB of ``x`` against ``truth`` with the given data range: the squared error on the tensors' device,
+    the formula the benchmark's (:func:`stem_denoise.evaluation.metrics.psnr_from_mse`, capped at 100 dB)."""
+    from stem_denoise.evaluation.metrics import psnr_from_mse
+
+    return psnr_from_mse(float(torch.mean((x.float() - truth.float()) ** 2)), data_range)
 
 
 def _check_inputs(target: np.ndarray, task: str, mask, scale, truth) -> tuple[np.ndarray, np.ndarray | None,

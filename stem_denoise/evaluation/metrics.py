@@ -109,14 +109,17 @@ def _data_range(ref: np.ndarray, data_range: float | None) -> float:
     return rng
 
 
+def psnr_from_mse(mse: float, data_range: float) -> float:
+    """PSNR (dB) from a mean squared error and a data range, capped at :data:`PSNR_CAP_DB` (also when mse is 0)."""
+    if not mse > 0:
+        return PSNR_CAP_DB
+    return float(min(PSNR_CAP_DB, 10.0 * np.log10(float(data_range) ** 2 / float(mse))))
+
+
 def psnr(output: np.ndarray, truth: np.ndarray, *, data_range: float | None = None) -> float:
     """Peak signal-to-noise ratio (dB) of ``output`` against ``truth``; data range from the truth; capped at 100."""
     out, ref = _pair(output, truth)
-    rng = _data_range(ref, data_range)
-    mse = float(np.mean((out - ref) ** 2))
-    if mse <= 0:
-        return PSNR_CAP_DB
-    return float(min(PSNR_CAP_DB, 10.0 * np.log10(rng * rng / mse)))
+    return psnr_from_mse(float(np.mean((out - ref) ** 2)), _data_range(ref, data_range))
 
 
 def ssim(output: np.ndarray, truth: np.ndarray, *, data_range: float | None = None) -> float:
