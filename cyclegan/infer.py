@@ -74,15 +74,19 @@ LATTICE_CROP = 1024  # side of the central crop the lattice is measured on
 # ----------------------------------------------------------------------------------------------- whole pipeline
 
 
+def _central_crop(image) -> np.ndarray:
+    """The central ``LATTICE_CROP`` x ``LATTICE_CROP`` px of ``image`` (all of a smaller one) as float32: where the
+    lattice is measured."""
+    h, w = image.shape
+    r0, c0 = max(0, (h - LATTICE_CROP) // 2), max(0, (w - LATTICE_CROP) // 2)
+    return np.asarray(image[r0:r0 + LATTICE_CROP, c0:c0 + LATTICE_CROP], dtype=np.float32)
+
+
 def _measure_lattice_period(image) -> float:
     """Primary lattice period (px) of the central crop of ``image``; InputError when no lattice is found."""
     from data_prep.lattice import measure_lattice
 
-    h, w = image.shape
-    side = LATTICE_CROP
-    r0, c0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    crop = np.asarray(image[r0:r0 + side, c0:c0 + side], dtype=np.float32)
-    return float(measure_lattice(crop).period_px)
+    return float(measure_lattice(_central_crop(image)).period_px)
 
 
 def _measure_period(image) -> float:
@@ -146,10 +150,7 @@ def site_spacing_factor(image, period_px: float | None = None) -> tuple[float, d
     from data_prep.lattice import measure_lattice
     from stem_denoise.evaluation.realframes import cell_average, cell_sites, relative_heights, site_spacing
 
-    h, w = image.shape
-    side = LATTICE_CROP
-    r0, c0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    crop = np.asarray(image[r0:r0 + side, c0:c0 + side], dtype=np.float32)
+    crop = _central_crop(image)
     try:
         lattice = measure_lattice(crop)
         avg = cell_average(crop, lattice)
