@@ -11,7 +11,6 @@ many steps each arm needed to reach the from-scratch arm's best PSNR.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from stem_denoise.common.errors import InputError
+from stem_denoise.evaluation.metrics import psnr
 
 
 @dataclass
@@ -56,7 +56,6 @@ def _validation(study: FinetuneStudy, folder: Path):
 
 def _score(generator, info: dict, cases) -> float:
     from cyclegan.infer import denoise_array
-    from stem_denoise.evaluation.metrics import psnr
 
     vals = [psnr(denoise_array(noisy, generator, info, period_px=period, device="cpu"), truth)
             for noisy, truth, period in cases]
@@ -64,11 +63,12 @@ def _score(generator, info: dict, cases) -> float:
 
 
 def make_dataset(study: FinetuneStudy, folder: Path) -> Path:
-    """Simulate ``n_train`` micrographs and a clean synthetic lattice under ``folder/sims``; cut patches into
+    """Simulate ``n_train`` noisy micrographs and a clean synthetic lattice under ``folder``; cut patches into
     ``folder/data`` (reused when present)."""
+    import tifffile
+
     from data_prep.patches import PrepConfig, prepare_dataset
-    from data_prep.simulate import save_simulation, simulate, synthetic_lattice
-    from stem_denoise.common.atomic import atomic_write_bytes
+    from data_prep.simulate import simulate, synthetic_lattice
 
     data = folder / "data"
     if (data / "manifest.json").is_file():
@@ -78,19 +78,9 @@ def make_dataset(study: FinetuneStudy, folder: Path) -> Path:
     for k in range(study.n_train):
         r = simulate(lattice=study.lattice, shape=(study.size, study.size), period_px=study.period_px,
                      angle_deg=5.0 + 31.0 * k, dose=study.dose, dents=1, vacancy_frac=0.01, seed=study.seed * 100 + k)
-        save_simulation(r, sims, f"train_{k:02d}")
-    for p in sims.glob("*_truth.tif"):
-        p.unlink()
-    for p in sims.glob("*_thickness.tif"):
-        p.unlink()
-    for p in sims.glob("*.json"):
-        p.unlink()
-    import tifffile
-
-    lat = synthetic_lattice(study.lattice, period_px=24.0, n_cells=10)
+        tifffile.imwrite(sims / f"train_{k:02d}.tif", r.noisy)  # the user's micrographs: no truth beside them
     syn = folder / "synthetic_lattice.tif"
-    tifffile.imwrite(syn, lat)
-    atomic_write_bytes(folder / "study.json", json.dumps({"lattice": study.lattice}).encode())
+    tifffile.imwrite(syn, synthetic_lattice(study.lattice, period_px=24.0, n_cells=10))
     prepare_dataset(sims, syn, data, PrepConfig(per_image=study.per_image, seed=study.seed, preview=False,
                                                 progress=False))
     return data
@@ -118,17 +108,17 @@ def run_finetune_study(study: FinetuneStudy, out: str | Path, *, log: Callable[[
     steps = sorted({int(s) for s in study.checkpoints})
     if not steps or steps[0] < 0:
         raise InputError("checkpoints must be step counts >= 0")
+    if "generator" in study.extra:
+        raise InputError("the generator architecture is the init export's; do not override it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     init = Path(study.init) if study.init else default_model_path()
     shipped, info = load_generator(init)
     gen_cfg = shipped.cfg
-    if "generator" in study.extra:
-        raise InputError("the generator architecture is the init export's; do not override it")
     t0 = time.perf_counter()
     data = make_dataset(study, out)
     cases = _validation(study, out)
-    noisy_psnr = float(np.mean([_psnr_noisy(n, t) for n, t, _ in cases]))
+    noisy_psnr = float(np.mean([psnr(n, t) for n, t, _ in cases]))
     log(f"dataset ready in {time.perf_counter() - t0:.0f} s: {study.n_train} training micrographs of {study.lattice} "
         f"(period {study.period_px} px, dose {study.dose}), {study.n_val} validation ones (noisy PSNR "
         f"{noisy_psnr:.2f} dB)")
@@ -168,12 +158,6 @@ def run_finetune_study(study: FinetuneStudy, out: str | Path, *, log: Callable[[
     return result
 
 
-def _psnr_noisy(noisy, truth) -> float:
-    from stem_denoise.evaluation.metrics import psnr
-
-    return psnr(noisy, truth)
-
-
 class _Quiet:
     """A dashboard that only keeps the JSONL log away (the study reads the run's summary instead)."""
 
@@ -207,5 +191,3 @@ def _plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    if not math.isfinite(result["target_psnr"]):
-        raise RuntimeError("no finite PSNR in the study")
