@@ -16,6 +16,10 @@ trained with L1 on the project simulator's noisy/clean pairs; the weights are ca
 Test sets (--cases): "simulated" (the project's own simulator, default), "independent" (a separately written
 simulator with other probes, backgrounds, lattices and white noise: evaluation/independent.py; its plots are
 psnr_vs_dose_independent.png and hallucinations_vs_dose_independent.png) or "both", reported apart.
+
+Real frames (no truth; --real DIR, by default the shared real frames ../shared/real/ beside the repository when
+present, except with --quick; --no-real leaves them out): every method but the oracle (replaced by fixed Gaussians
+of sigma 1 and 2 px) is scored by the checks of scripts/realcheck.py, written to OUT/real/.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from pathlib import Path
 
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import InputError
+
+DEFAULT_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real"
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -97,8 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device for CycleGAN/DIP (default: automatic)")
     p.add_argument("--save-outputs", action="store_true", help="also write every output as a float32 TIFF")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--real", type=Path, default=None,
+                   help="folder (or file) of real micrographs to score every method on without truth (default: "
+                        "the shared real frames ../shared/real/ beside the repository when present, except with "
+                        "--quick)")
+    p.add_argument("--no-real", action="store_true", help="leave the real frames out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and v != v) else spec.format(v)
 
 
 def main(argv=None) -> int:
@@ -110,7 +125,10 @@ def main(argv=None) -> int:
         raise InputError(f"--out {args.out} exists and is not a folder")
     from stem_denoise.evaluation.benchmark import parse_compare
 
-    cfg = BenchConfig(
+    real = None if args.no_real else args.real
+    if real is None and not args.no_real and not args.quick and DEFAULT_REAL.is_dir():
+        real = DEFAULT_REAL
+    cfg = BenchConfig(real_dir=real,
         compare=parse_compare(args.compare), sites_scale=args.sites_scale, out_dir=args.out, quick=args.quick,
         data_dir=args.data, doses=args.doses, lattices=args.lattices, size=args.size, n_large=args.large,
         large_size=args.large_size, seed=args.seed, checkpoint=args.checkpoint, tta=args.tta, dip=not args.no_dip,
@@ -140,6 +158,14 @@ def main(argv=None) -> int:
         if key in result.paths:
             print(f"wrote {result.paths[key]}")
     print(f"wrote {len(result.paths['figures'])} figure panels in {Path(cfg.out_dir) / 'figures'}")
+    if result.real_rows:
+        print("real frames (no truth): cell r / worst site / columns raw->out / Bragg % / verdict")
+        for r in result.real_rows:
+            print(f"  {r['frame']:28s} {r['label']:40s} {_fmt(r.get('cell_r'), '{:.4f}')} / "
+                  f"{_fmt(r.get('site_height_max_rel_err'), '{:.3f}')} / {r.get('n_columns_raw')}->"
+                  f"{r.get('n_columns_out')} / {_fmt(r.get('bragg_power_frac'), '{:.2%}')} / "
+                  f"{'pass' if r['pass'] else 'FAIL'}")
+        print(f"wrote {result.paths['real_markdown']}")
     if result.errors:
         print(f"{len(result.errors)} method run(s) failed; see results.md", file=sys.stderr)
         return 1

@@ -1,10 +1,13 @@
 """Check denoisers on real micrographs without ground truth: what must not change.
 
     python scripts/realcheck.py --out OUT [--real DIR] [--checkpoint G.pt [--label NAME]]... [--methods a,b]
+                                [--peers [--n2v-steps N] [--supervised-model S.pt]]
 
 For every micrograph in DIR (default: the shared real-frame folder ``../shared/real/`` beside the repository, when
 it exists) the classical filters (noisy input as reference, fixed Gaussians of sigma 1 and 2 px, median, NLM, BM3D
-when installed, Bragg filter) and every CycleGAN generator given with --checkpoint are run, and each output is
+when installed, Bragg filter), the learned peers with --peers (CAREamics N2V2 and N2V2 + structN2V trained on each
+frame alone, when installed; the supervised-on-simulation baseline given with --supervised-model) and every CycleGAN
+generator given with --checkpoint are run, and each output is
 compared with the raw frame: unit-cell averages on the same cells (Pearson r, column-site heights), column counts,
 lattice power left in the residual and the residual's correlations (evaluation/realframes.py). Writes
 real_results.csv, real_results.md and one figure real_<frame>.png per frame into OUT.
@@ -28,7 +31,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stem_denoise.evaluation.realframes import METHOD_NAMES
+    from stem_denoise.evaluation.realframes import METHOD_NAMES, PEER_NAMES
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -39,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[],
                    help="table label of the checkpoint given at the same position (repeatable, optional)")
     p.add_argument("--methods", type=_names, default=None,
-                   help=f"comma-separated subset of the classical methods: {', '.join(METHOD_NAMES)} (default all)")
+                   help=f"comma-separated methods: {', '.join(METHOD_NAMES + PEER_NAMES)} (default: the classical "
+                        "ones, plus the peers with --peers)")
+    p.add_argument("--peers", action="store_true",
+                   help="also run CAREamics N2V2 and N2V2 + structN2V (per frame; skipped with the reason when "
+                        "CAREamics is missing) and, with --supervised-model, the supervised baseline")
+    p.add_argument("--n2v-steps", type=int, default=None, help="N2V training steps per frame (default 200)")
+    p.add_argument("--supervised-model", type=Path, default=None,
+                   help="the supervised-on-simulation baseline's export (benchmark.py --peers writes one)")
     p.add_argument("--device", default=None, help="torch device for the CycleGAN (default: automatic)")
     p.add_argument("--period-factor", type=float, default=1.0,
                    help="give the CycleGAN the measured lattice period times this (e.g. 0.5: a finer working "
@@ -52,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from data_prep.io import list_micrographs
-    from stem_denoise.evaluation.realframes import output_paths, real_methods, run_realcheck
+    from stem_denoise.evaluation.realframes import METHOD_NAMES, PEER_NAMES, output_paths, real_methods, run_realcheck
 
     args = build_parser().parse_args(argv)
     real = args.real
@@ -69,8 +79,15 @@ def main(argv=None) -> int:
         for path in output_paths(args.out, frames):
             if path.exists():
                 raise InputError(f"{path} exists; pass --overwrite to replace the results in {args.out}")
-    methods, skipped = real_methods(args.methods, checkpoints=args.checkpoint, labels=args.label,
-                                    device=args.device, working_scale=args.working_scale)
+    if args.n2v_steps is not None and args.n2v_steps < 1:
+        raise InputError(f"--n2v-steps must be >= 1, got {args.n2v_steps}")
+    names = args.methods
+    if args.peers:
+        peers = [n for n in PEER_NAMES if n != "supervised" or args.supervised_model is not None]
+        names = tuple(names or METHOD_NAMES) + tuple(n for n in peers if n not in (names or ()))
+    methods, skipped = real_methods(names, checkpoints=args.checkpoint, labels=args.label,
+                                    device=args.device, working_scale=args.working_scale, n2v_steps=args.n2v_steps,
+                                    supervised_model=args.supervised_model)
     if not methods:
         raise InputError("no method to run")
     for s in skipped:

@@ -390,12 +390,12 @@ def n2v_method(name: str, *, steps: int | None = None, max_pixels: int | None = 
     return Method(name, fn, label, max_pixels=max_pixels)
 
 
-def supervised_method(path: str | os.PathLike, *, device: str | None = None, tta: bool = False) -> Method:
+def supervised_method(path: str | os.PathLike, *, device: str | None = None, tta: bool = False,
+                      working_scale: str = "cell") -> Method:
     """The supervised-on-simulation baseline's export at ``path`` (:mod:`stem_denoise.evaluation.supervised`), run
     through the same stitched-tile inference as the CycleGAN."""
-    m = cyclegan_method(path, device=device, tta=tta, name="supervised",
-                        label="supervised on simulation (stitched" + (", TTA)" if tta else ")"))
-    return m
+    return cyclegan_method(path, device=device, tta=tta, name="supervised", working_scale=working_scale,
+                           label="supervised on simulation (stitched" + (", TTA)" if tta else ")"))
 
 
 def dip_method(*, preset: str | None = None, max_steps: int | None = None, device: str | None = None,
@@ -464,6 +464,7 @@ class BenchConfig(Config):
     device: str | None = None
     cases: Literal["simulated", "independent", "both"] = "simulated"
     independent_kinds: tuple[str, ...] | None = Field(None, min_length=1)
+    real_dir: Path | None = None
     save_outputs: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -515,6 +516,8 @@ class BenchConfig(Config):
                 raise InputError(f"--compare {lab}={path}: no such file")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise InputError(f"--data {self.data_dir}: not a folder")
+        if self.real_dir is not None and not Path(self.real_dir).exists():
+            raise InputError(f"--real {self.real_dir}: no such file or folder")
 
 
 @dataclass
@@ -523,6 +526,7 @@ class BenchResult:
     skipped: list[str]
     paths: dict
     errors: list[str]
+    real_rows: list[dict] = dataclasses.field(default_factory=list)
 
 
 def build_methods(cfg: BenchConfig, *, log=print) -> tuple[list[Method], list[str]]:
@@ -711,7 +715,7 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
     out_dir = Path(cfg.out_dir)
     if not cfg.overwrite:
         for name in ("results.csv", "results.md", *_plot_names(), *_plot_names("_independent"), "figures",
-                     "outputs"):
+                     "outputs", "real"):
             if (out_dir / name).exists():
                 raise InputError(f"{out_dir / name} exists; pass --overwrite to replace the results in {out_dir}")
     make_output_dir(out_dir)
@@ -779,7 +783,28 @@ def run_benchmark(cfg: BenchConfig, *, log=print) -> BenchResult:
                          title=title)
         paths[f"psnr_plot{suffix}"] = str(psnr_plot)
         paths[f"hallucination_plot{suffix}"] = str(halluc_plot)
-    return BenchResult(rows=rows, skipped=skipped, paths=paths, errors=errors)
+    real_rows: list[dict] = []
+    if cfg.real_dir is not None:
+        real_rows = _run_real_frames(cfg, methods, out_dir / "real", paths, errors, log=log)
+    return BenchResult(rows=rows, skipped=skipped, paths=paths, errors=errors, real_rows=real_rows)
+
+
+def _run_real_frames(cfg: BenchConfig, methods: Sequence[Method], out: Path, paths: dict, errors: list, *,
+                     log=print) -> list[dict]:
+    """The no-truth checks on the real frames in ``cfg.real_dir`` with the benchmark's own methods (the oracle
+    Gaussian replaced by fixed Gaussians of sigma 1 and 2 px: a real frame has no truth), written to ``out``
+    (:func:`stem_denoise.evaluation.realframes.run_realcheck`)."""
+    from data_prep.io import list_micrographs
+    from stem_denoise.evaluation.realframes import real_methods_from, run_realcheck
+
+    frames = list_micrographs([Path(cfg.real_dir)])
+    real = real_methods_from(methods)
+    log(f"real frames: {len(frames)} frame(s) x {len(real)} method(s) from {cfg.real_dir}")
+    result = run_realcheck(frames, real, out, log=log)
+    errors.extend(f"real frames: {e}" for e in result["errors"])
+    paths["real_csv"], paths["real_markdown"] = result["paths"]["csv"], result["paths"]["markdown"]
+    paths["real_figures"] = result["paths"]["figures"]
+    return result["rows"]
 
 
 def _config_summary(cfg: BenchConfig) -> dict:

@@ -67,8 +67,10 @@ __all__ = [
     "real_frame_metrics",
     "check_real_frame",
     "METHOD_NAMES",
+    "PEER_NAMES",
     "fixed_gaussian_method",
     "real_methods",
+    "real_methods_from",
     "run_realcheck",
     "output_paths",
     "write_real_csv",
@@ -734,6 +736,7 @@ def check_real_frame(metrics: dict, thresholds: dict = THRESHOLDS) -> dict:
 # ------------------------------------------------------------------------------------------------ real-frame runs
 
 METHOD_NAMES = ("noisy", "gaussian_1px", "gaussian_2px", "median", "nlm", "bm3d", "bragg")
+PEER_NAMES = ("n2v2", "structn2v", "supervised")  # the learned peers (opt-in: N2V trains on every frame)
 CSV_COLUMNS = (
     "frame", "method", "label", "pass", "cell_r", "site_height_max_rel_err", "n_sites", "n_columns_raw",
     "n_columns_out", "count_rel_diff", "bragg_power_frac", "n_bragg_peaks", "resid_corr_row", "resid_corr_col",
@@ -757,25 +760,29 @@ def fixed_gaussian_method(sigma_px: float):
 
 
 def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = None,
-                 working_scale: str = "cell") -> tuple[list, list[str]]:
+                 working_scale: str = "cell", n2v_steps: int | None = None,
+                 supervised_model=None) -> tuple[list, list[str]]:
     """The methods to run on real frames and ``"name: reason"`` for those left out.
 
     ``names`` (default all of :data:`METHOD_NAMES`): the benchmark's classical filters
     (:func:`stem_denoise.evaluation.benchmark.classical_methods`) with the oracle Gaussian replaced by fixed Gaussians
-    of sigma 1 and 2 px; BM3D only when its optional package is installed. Every path in ``checkpoints`` adds a
-    CycleGAN generator (:func:`stem_denoise.evaluation.benchmark.cyclegan_method`), labelled by ``labels`` in order
-    where given, run at ``working_scale`` (:func:`cyclegan.infer.denoise_array`).
+    of sigma 1 and 2 px; BM3D only when its optional package is installed; and, asked for by name, the learned
+    peers of :data:`PEER_NAMES`: CAREamics N2V2 / N2V2 + structN2V trained on each frame alone (``n2v_steps``
+    overrides their budget; left out with the reason when CAREamics is missing) and the supervised-on-simulation
+    baseline (``supervised_model``: its export, required). Every path in ``checkpoints`` adds a CycleGAN generator
+    (:func:`stem_denoise.evaluation.benchmark.cyclegan_method`), labelled by ``labels`` in order where given, run at
+    ``working_scale`` (:func:`cyclegan.infer.denoise_array`).
     """
     import dataclasses
     from pathlib import Path
 
     from stem_denoise.evaluation import filters
-    from stem_denoise.evaluation.benchmark import classical_methods, cyclegan_method
+    from stem_denoise.evaluation.benchmark import classical_methods, cyclegan_method, n2v_method, supervised_method
 
     wanted = list(METHOD_NAMES if names is None else names)
-    bad = [n for n in wanted if n not in METHOD_NAMES]
+    bad = [n for n in wanted if n not in METHOD_NAMES + PEER_NAMES]
     if bad:
-        raise InputError(f"unknown method(s) {bad}; choose from {', '.join(METHOD_NAMES)}")
+        raise InputError(f"unknown method(s) {bad}; choose from {', '.join(METHOD_NAMES + PEER_NAMES)}")
     checkpoints, labels = list(checkpoints or ()), list(labels or ())
     if len(labels) > len(checkpoints):
         raise InputError(f"{len(labels)} --label for {len(checkpoints)} --checkpoint: at most one per checkpoint")
@@ -788,6 +795,19 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
             methods.append(fixed_gaussian_method(2.0))
         elif name == "bm3d" and not filters.bm3d_available():
             skipped.append("bm3d: the optional 'bm3d' package is not installed (non-commercial licence)")
+        elif name in ("n2v2", "structn2v"):
+            from stem_denoise.evaluation.peers import MISSING, careamics_available
+
+            if not careamics_available():
+                skipped.append(f"{name}: {MISSING}")
+                continue
+            methods.append(n2v_method(name, steps=n2v_steps))
+        elif name == "supervised":
+            if supervised_model is None or not Path(supervised_model).is_file():
+                raise InputError("method supervised needs the supervised baseline's export: "
+                                 f"--supervised-model {supervised_model or 'PATH'} (no such file); "
+                                 "benchmark.py --peers trains one")
+            methods.append(supervised_method(supervised_model, device=device, working_scale=working_scale))
         else:
             m = classical[name]
             methods.append(dataclasses.replace(m, label="noisy input (identity)") if name == "noisy" else m)
@@ -800,6 +820,20 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
         label = labels[k] if k < len(labels) else f"CycleGAN ({path.stem})"
         methods.append(dataclasses.replace(m, name=name, label=label))
     return methods, skipped
+
+
+def real_methods_from(methods) -> list:
+    """The benchmark's methods as they run on real frames (no truth): every oracle method (the oracle Gaussian) is
+    replaced by fixed Gaussians of sigma 1 and 2 px, everything else runs as it is."""
+    out, fixed_added = [], False
+    for m in methods:
+        if m.oracle:
+            if not fixed_added:
+                out += [fixed_gaussian_method(1.0), fixed_gaussian_method(2.0)]
+                fixed_added = True
+            continue
+        out.append(m)
+    return out
 
 
 def _fmt_csv(v) -> str:
@@ -1058,6 +1092,10 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
         outputs = {}
         frame_rows = []
         for m in methods:
+            limit = getattr(m, "max_pixels", None)
+            if limit is not None and raw.size > limit:
+                skipped.append(f"{m.name} on {name}: {raw.shape[0]} x {raw.shape[1]} px is above its size limit")
+                continue
             ctx = MethodContext(name, float(base["period_px"]), pixel_pm,
                                 lattice_period_px=float(lat["period_px"]) * float(period_factor))
             out_img, elapsed = call_method(m, raw, ctx, name, skipped, errors)

@@ -3,8 +3,10 @@ frames, the four shared real frames, and the command line."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +261,129 @@ def test_realcheck_cli_runs_labelled_cyclegan_checkpoints(tmp_path, one_torch_th
         assert 0.0 <= float(r["bragg_power_frac"]) and r["pass"] in ("0", "1")
     with pytest.raises(InputError, match="--label"):
         _load_script().main(args + ["--overwrite", "--label", "b", "--label", "c"])
+
+
+# ------------------------------------------------------------------------------------------------ the peers, and the
+# benchmark's real-frame run
+
+def _tiny_export(path, period_px=14.0):
+    import torch
+
+    from cyclegan.checkpoint import export_generator
+    from cyclegan.models import GeneratorConfig, build_generator
+
+    cfg = GeneratorConfig(width=4, n_blocks=1)
+    torch.manual_seed(0)
+    export_generator(path, build_generator(cfg), cfg,
+                     {"patch_px": 64, "atoms_per_patch": 5, "period_px": period_px, "direction": "A2B",
+                      "objective": "supervised"})
+    return path
+
+
+def test_real_methods_take_the_peers_by_name(tmp_path, monkeypatch):
+    import sys
+
+    from stem_denoise.evaluation import peers
+    from stem_denoise.evaluation.realframes import PEER_NAMES, real_methods
+
+    monkeypatch.setitem(sys.modules, "careamics", None)
+    assert not peers.careamics_available()
+    with pytest.raises(InputError, match="--supervised-model"):  # the supervised baseline needs its weights
+        real_methods(("noisy", "supervised"))
+    ckpt = _tiny_export(tmp_path / "sup.pt")
+    methods, skipped = real_methods(("noisy",) + PEER_NAMES, supervised_model=ckpt, device="cpu")
+    assert [m.name for m in methods] == ["noisy", "supervised"]
+    assert len(skipped) == 2 and all(s.startswith(("n2v2:", "structn2v:")) and "[bench]" in s for s in skipped)
+    with pytest.raises(InputError, match="unknown method"):
+        real_methods(("noisy", "n2v3"))
+
+
+def test_n2v_runs_on_a_real_frame_through_the_adapter(tmp_path, monkeypatch):
+    """With a fake CAREamics backend: the peer gets the raw frame, its row is scored like every other."""
+    from data_prep.io import write_micrograph
+    from stem_denoise.evaluation import benchmark as B
+    from stem_denoise.evaluation.realframes import run_realcheck
+
+    class Identity:
+        calls = 0
+
+        def fit_predict(self, stack, image, plan, workdir):
+            Identity.calls += 1
+            return image
+
+    res = simulate(lattice="rect", shape=(128, 128), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=3)
+    frame = tmp_path / "frame.tif"
+    write_micrograph(frame, res.noisy, dtype="float32")
+    m = B.n2v_method("n2v2", steps=3, backend=Identity())
+    small = dataclasses.replace(B.n2v_method("structn2v", steps=3, backend=Identity()), max_pixels=64 * 64)
+    result = run_realcheck([frame], [m, small], tmp_path / "out", log=lambda *a: None)
+    assert Identity.calls == 1 and [r["method"] for r in result["rows"]] == ["n2v2"]
+    row = result["rows"][0]
+    assert row["pass"] and row["bragg_power_frac"] == 0.0
+    assert "steps=3" in row["notes"] and "trained_on=this image" in row["notes"]
+    assert any(s.startswith("structn2v on frame") and "size limit" in s for s in result["skipped"])
+
+
+def test_real_methods_from_replace_the_oracle_by_fixed_gaussians():
+    from stem_denoise.evaluation import benchmark as B
+    from stem_denoise.evaluation.realframes import real_methods_from
+
+    classical = B.classical_methods()
+    names = [m.name for m in real_methods_from([classical["noisy"], classical["gaussian_oracle"],
+                                                classical["median"]])]
+    assert names == ["noisy", "gaussian_1px", "gaussian_2px", "median"]
+
+
+def test_benchmark_scores_its_methods_on_real_frames(tmp_path, capsys):
+    from data_prep.io import write_micrograph
+
+    bench = importlib.import_module("stem_denoise.commands.benchmark")
+    folder = tmp_path / "real"
+    folder.mkdir()
+    res = simulate(lattice="rect", shape=(160, 160), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=1)
+    write_micrograph(folder / "small.tif", res.noisy, dtype="float32")
+    ckpt = _tiny_export(tmp_path / "g.pt")
+    out = tmp_path / "bench"
+    args = ["--out", str(out), "--quick", "--size", "64", "--doses", "20", "--lattices", "square", "--no-progress",
+            "--methods", "noisy,gaussian_oracle,median,supervised", "--supervised-model", str(ckpt),
+            "--real", str(folder)]
+    assert bench.main(args) == 0
+    with open(out / "real" / "real_results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["noisy", "gaussian_1px", "gaussian_2px", "median", "supervised"]
+    assert rows[0]["pass"] == "1" and float(rows[0]["bragg_power_frac"]) == 0.0
+    assert (out / "real" / "real_small.png").is_file()
+    text = capsys.readouterr().out
+    assert "real frames (no truth)" in text and "small" in text
+    for p in out.iterdir():  # the real results are results too: no silent overwrite
+        if p.name != "real":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    with pytest.raises(InputError, match=r"bench/real exists"):
+        bench.main(args)
+    quick = tmp_path / "quick"  # --quick leaves the shared frames out unless asked
+    assert bench.main(["--out", str(quick)] + args[2:-2]) == 0
+    assert not (quick / "real").exists()
+    with pytest.raises(InputError, match="no such file"):
+        bench.main(["--out", str(tmp_path / "x"), "--quick", "--real", str(tmp_path / "missing")])
+
+
+def test_realcheck_cli_peers_flag(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from data_prep.io import write_micrograph
+
+    monkeypatch.setitem(sys.modules, "careamics", None)  # N2V is skipped with the reason, the rest runs
+    folder = tmp_path / "real"
+    folder.mkdir()
+    res = simulate(lattice="rect", shape=(128, 128), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=4)
+    write_micrograph(folder / "f.tif", res.noisy, dtype="float32")
+    ckpt = _tiny_export(tmp_path / "sup.pt")
+    out = tmp_path / "out"
+    assert _load_script().main(["--real", str(folder), "--out", str(out), "--methods", "noisy", "--peers",
+                                "--supervised-model", str(ckpt), "--device", "cpu"]) == 0
+    with open(out / "real_results.csv") as fh:
+        assert [r["method"] for r in csv.DictReader(fh)] == ["noisy", "supervised"]
+    text = capsys.readouterr().out
+    assert "skipped n2v2:" in text and "skipped structn2v:" in text and "[bench]" in text
+    with pytest.raises(InputError, match="--n2v-steps"):
+        _load_script().main(["--real", str(folder), "--out", str(tmp_path / "o2"), "--peers", "--n2v-steps", "0"])
