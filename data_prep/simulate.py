@@ -53,7 +53,7 @@ __all__ = [
     "canonical_angle",
 ]
 
-LATTICES = ("square", "rect", "hex", "perovskite")
+LATTICES = ("square", "rect", "hex", "perovskite", "honeycomb")
 DENT_SHAPES = ("gaussian", "elliptic", "irregular", "ramp")
 
 # Seed-sequence streams, so that changing one group of parameters does not change the random draws of another.
@@ -109,18 +109,25 @@ class SimParams(Config):
     """Parameters of one simulated micrograph (validated on creation; a bad value raises :class:`ConfigError`).
 
     Geometry: ``lattice`` ("square", "rect", "hex" = triangular net of columns, "perovskite" = square cell with an
-    A column at the corner and a weaker B column (weight ``b_weight``) at the centre, as ABO3 along [001]);
+    A column at the corner and a weaker B column (weight ``b_weight``) at the centre, as ABO3 along [001],
+    "honeycomb" = hexagonal cell with a column at (0, 0) and a weaker one (weight ``b_weight``) at (1/3, 1/3) of
+    the cell, two unequal sublattices as in MoS2 along [001]);
     ``shape`` (rows, cols); ``period_px`` = length of the primary lattice vector a1 (the unit-cell edge for
     perovskite); ``period2_px`` = length of a2 for "rect" (default 1.4 x period); ``angle_deg`` = direction of a1
-    (see module docstring); a2 is a1 turned by +90 deg (+60 for hex). ``origin`` (row, col) of one column; random
-    when None. ``probe_sigma_px``: Gaussian probe sigma (default 0.11 x the shorter period, at least 0.8 px).
-    ``position_noise_px``: static random column displacements (std, px).
+    (see module docstring); a2 is a1 turned by +90 deg (+60 for hex and honeycomb). ``origin`` (row, col) of one
+    column; random when None. ``probe_sigma_px``: Gaussian probe sigma (default 0.11 x the shortest column
+    spacing, at least 0.8 px). ``position_noise_px``: static random column displacements (std, px).
 
     Specimen: ``vacancy_frac``, ``heavy_frac``, ``light_frac`` of lattice sites become vacancies, heavier
     (x ``heavy_factor``) or lighter (x ``light_factor``) columns. ``dents``: number of random dents (shapes drawn
     from ``dent_shapes``, depth from ``dent_depth``, radius as a fraction of the shorter image side from
     ``dent_radius_frac``) or an explicit list of :class:`Dent` (or dicts). Thickness = product of (1 - depth x
     profile) over the dents, times the ramps; column heights and the diffuse background scale with it.
+
+    Nanoparticle: ``particle_radius_frac`` (None: the crystal fills the frame) keeps only the columns within a
+    disc of that fraction of half the shorter image side around the frame's centre; outside is vacuum (no
+    columns, no background), and every lattice site in the vacuum inside the image is listed with the vacancies,
+    so a column painted into the vacuum counts like a filled vacancy.
 
     Background (fractions of ``dose``): ``background`` = diffuse level proportional to thickness,
     ``background_slow`` = amplitude of a smooth additive field (a few long-wavelength cosines).
@@ -153,6 +160,7 @@ class SimParams(Config):
     heavy_factor: float = Field(1.6, ge=0.0)
     light_frac: float = Field(0.0, ge=0.0, le=1.0)
     light_factor: float = Field(0.6, ge=0.0)
+    particle_radius_frac: float | None = Field(None, gt=0.0, le=1.0)
     dents: _DentsSpec = 0
     dent_shapes: tuple[Literal[DENT_SHAPES], ...] = ("gaussian", "elliptic", "irregular")
     dent_depth: Interval(gt=0.0, lt=1.0) = (0.2, 0.5)
@@ -204,6 +212,8 @@ class SimParams(Config):
         shortest = min(self.period_px, self.resolved_period2())
         if self.lattice == "perovskite":
             shortest = self.period_px / math.sqrt(2.0)
+        elif self.lattice == "honeycomb":
+            shortest = self.period_px / math.sqrt(3.0)
         return max(0.8, 0.11 * shortest)
 
     @classmethod
@@ -275,13 +285,15 @@ def lattice_basis(lattice: str, period_px: float, angle_deg: float, period2_px: 
         raise ConfigError(f"lattice must be one of {LATTICES}, got {lattice!r}")
     p2 = period_px if period2_px is None or lattice != "rect" else period2_px
     a1 = period_px * _unit(angle_deg)
-    if lattice == "hex":
+    if lattice in ("hex", "honeycomb"):
         a2 = period_px * _unit(angle_deg + 60.0)
     else:
         a2 = p2 * _unit(angle_deg + 90.0)
     motif = [(0.0, 0.0, 1.0)]
     if lattice == "perovskite":
         motif.append((0.5, 0.5, None))
+    elif lattice == "honeycomb":
+        motif.append((1.0 / 3.0, 1.0 / 3.0, None))
     return a1, a2, motif
 
 
@@ -552,9 +564,15 @@ def simulate(params: SimParams | None = None, **overrides) -> SimResult:
     if p.position_noise_px > 0:
         pos = pos + lrng.normal(0.0, p.position_noise_px, size=pos.shape)
 
-    # defects
+    # defects; the vacuum around a nanoparticle
     u = rngs["defects"].random(len(pos))
     vac = u < p.vacancy_frac
+    vacuum = np.zeros(len(pos), dtype=bool)
+    if p.particle_radius_frac is not None:
+        centre = np.array([(h - 1) / 2.0 * yscale, (w - 1) / 2.0])
+        radius = float(p.particle_radius_frac) * 0.5 * min(h, w)
+        vacuum = np.hypot(pos[:, 0] - centre[0], pos[:, 1] - centre[1]) > radius
+        vac = vac | vacuum
     heavy = (u >= p.vacancy_frac) & (u < p.vacancy_frac + p.heavy_frac)
     light = (u >= p.vacancy_frac + p.heavy_frac) & (u < p.vacancy_frac + p.heavy_frac + p.light_frac)
     species_w = base_w * np.where(heavy, p.heavy_factor, 1.0) * np.where(light, p.light_factor, 1.0)
@@ -576,9 +594,13 @@ def simulate(params: SimParams | None = None, **overrides) -> SimResult:
     ys = (np.arange(h, dtype=np.float64) * yscale)[:, None]
     xs = np.arange(w, dtype=np.float64)[None, :] + dx[:, None]
     thick = _thickness(dents, ys, xs, (h, w), max(float(p.period_px), period2))
+    specimen = 1.0
+    if p.particle_radius_frac is not None:  # no specimen in the vacuum: a smooth rim of about one probe width
+        specimen = np.clip((radius + sigma - np.hypot(ys - centre[0], xs - centre[1])) / (2.0 * sigma), 0.0, 1.0)
+        thick = thick * specimen
     img += p.dose * p.background * thick
     if p.background_slow > 0:
-        img += p.dose * p.background_slow * _slow_background((h, w), rngs["background"], ys, xs)
+        img += p.dose * p.background_slow * specimen * _slow_background((h, w), rngs["background"], ys, xs)
     lam = img  # expected counts
 
     truth = (lam * p.gain).astype(np.float32)
@@ -610,7 +632,7 @@ def simulate(params: SimParams | None = None, **overrides) -> SimResult:
     vac_app = _apparent(pos[vac, 0], pos[vac, 1], dx, yscale, sigma) if vac.any() else np.zeros((0, 2))
     vac_app = vac_app[inside(vac_app)]
 
-    rep_lattice = "square" if p.lattice == "perovskite" else p.lattice
+    rep_lattice = {"perovskite": "square", "honeycomb": "hex"}.get(p.lattice, p.lattice)
     period, angle, p2, angle2 = _canonical_vectors(rep_lattice, float(p.period_px), period2, float(p.angle_deg))
     used = p.to_dict()
     used.update(
@@ -664,7 +686,7 @@ def synthetic_lattice(
     if int(n_cells) < 1:
         raise ConfigError("n_cells must be >= 1")
     p2 = (1.4 * period_px if period2_px is None else period2_px) if lattice == "rect" else period_px
-    if lattice == "hex":  # n_cells rows of columns, sqrt(3)/2 periods apart
+    if lattice in ("hex", "honeycomb"):  # n_cells rows of columns, sqrt(3)/2 periods apart
         rows = int(round(n_cells * period_px * math.sqrt(3.0) / 2.0))
     else:
         rows = int(round(n_cells * p2))
@@ -675,7 +697,8 @@ def synthetic_lattice(
         period_px=period_px,
         period2_px=period2_px,
         angle_deg=angle_deg,
-        origin=(p2 / 2.0 if lattice != "hex" else period_px * math.sqrt(3.0) / 4.0, period_px / 2.0),
+        origin=(p2 / 2.0 if lattice not in ("hex", "honeycomb") else period_px * math.sqrt(3.0) / 4.0,
+                period_px / 2.0),
         probe_sigma_px=probe_sigma_px,
         b_weight=b_weight,
         dose=1.0,

@@ -42,10 +42,11 @@ from stem_denoise.common.errors import InputError
 from stem_denoise.evaluation import filters
 from stem_denoise.evaluation.metrics import ColumnMatch, ColumnTruth, evaluate, match_to_truth, visible_columns
 
-LatticeName = Literal["square", "rect", "hex", "perovskite"]
+LatticeName = Literal["square", "rect", "hex", "perovskite", "honeycomb", "nanoparticle"]
 
 DEFAULT_DOSES = (2.0, 5.0, 10.0, 20.0)
-DEFAULT_LATTICES = ("square", "hex", "perovskite")
+DEFAULT_LATTICES = ("square", "hex", "perovskite", "honeycomb", "nanoparticle")
+PARTICLE_RADIUS_FRAC = 0.7  # "nanoparticle": a square crystal in a disc of 0.7 x half the frame, vacuum around it
 QUICK_DOSES = (5.0, 20.0)
 QUICK_LATTICES = ("square", "hex")
 QUICK_SIZE = 128
@@ -113,8 +114,10 @@ def default_specs(*, quick: bool = False, doses: Sequence[float] | None = None,
                   large_size: int = 2048, seed: int = 0) -> list[CaseSpec]:
     """The benchmark's test set: every lattice at every dose (``size`` px square), with vacancies (3 %), heavier
     and lighter columns (5 % each) and two random dents, periods cycling through 12.8, 11 and 14.5 px and random
-    angles; plus ``n_large`` micrographs of ``large_size`` px for the stitched path. ``quick``: square and hex at
-    doses 5 and 20, 128 px, no large ones."""
+    angles; plus ``n_large`` micrographs of ``large_size`` px for the stitched path. Lattices: square, hex,
+    perovskite (weak B columns), honeycomb (two unequal sublattices, MoS2-like) and nanoparticle (a square crystal
+    in a disc, vacuum around it: every lattice site in the vacuum counts as a vacancy, so a column painted there is
+    a filled vacancy). ``quick``: square and hex at doses 5 and 20, 128 px, no large ones."""
     doses = tuple(doses) if doses else (QUICK_DOSES if quick else DEFAULT_DOSES)
     lattices = tuple(lattices) if lattices else (QUICK_LATTICES if quick else DEFAULT_LATTICES)
     size = int(size) if size else (QUICK_SIZE if quick else 384)
@@ -147,10 +150,14 @@ def simulate_case(spec: CaseSpec) -> Case:
     offsets, read noise, quantisation) and return it as a :class:`Case`."""
     from data_prep.simulate import simulate
 
-    res = simulate(lattice=spec.lattice, shape=(spec.size, spec.size), period_px=spec.period_px,
-                   angle_deg=spec.angle_deg, dose=spec.dose, vacancy_frac=spec.vacancy_frac,
-                   heavy_frac=spec.heavy_frac, light_frac=spec.light_frac, dents=spec.dents, seed=spec.seed)
-    return case_from_simulation(res, spec.name)
+    particle = spec.lattice == "nanoparticle"
+    res = simulate(lattice="square" if particle else spec.lattice, shape=(spec.size, spec.size),
+                   period_px=spec.period_px, angle_deg=spec.angle_deg, dose=spec.dose,
+                   vacancy_frac=spec.vacancy_frac, heavy_frac=spec.heavy_frac, light_frac=spec.light_frac,
+                   dents=spec.dents, seed=spec.seed, particle_radius_frac=PARTICLE_RADIUS_FRAC if particle else None)
+    case = case_from_simulation(res, spec.name)
+    case.lattice = spec.lattice
+    return case
 
 
 def case_from_simulation(res, name: str, source: str = "simulated") -> Case:

@@ -19,7 +19,9 @@ Rules (what each number means):
   the image) *shows a column* in the output when BOTH (a) the finder detects a column within ``max_dist`` of it
   and (b) the site's height above the local background floor (the finder's ``detail`` map averaged in a disc of
   radius period/4) is more than halfway from the truth's own height at that site to the mean height of the true
-  columns within 1.5 periods, both heights measured in the output itself (so gain, offset and dents cancel).
+  columns within 1.5 periods (a site with no true column that near, such as one in the vacuum around a
+  nanoparticle: the median height of all true columns), both heights measured in the output itself (so gain,
+  offset and dents cancel).
   (a) alone would count the small noise bumps a low-dose image has everywhere (the finder is sensitive enough
   to find a weak perovskite B column in a dent); (b) alone would count a broad smear. Each part is reported too:
   ``halluc_peak`` (a) and ``halluc_intensity`` (b). The Bragg filter, which averages the lattice over many cells,
@@ -214,11 +216,16 @@ def filled_vacancies_by_intensity(output: np.ndarray, truth: np.ndarray, columns
     h_out_vac = _site_heights(d_out, period_px, vac)
     h_ref_vac = _site_heights(d_ref, period_px, vac)
     filled = np.zeros(len(vac), dtype=bool)
+    lonely = [k for k, nb in enumerate(neighbours) if not nb]
+    if lonely:  # no true column within 1.5 periods (vacuum): compare with the columns' median height
+        all_out = float(np.median(_site_heights(d_out, period_px, cols)))
+        all_ref = float(np.median(_site_heights(d_ref, period_px, cols)))
     for k, nb in enumerate(neighbours):
-        if not nb:
-            continue
-        col_out = float(np.mean(h_out_cols[nb]))
-        col_ref = float(np.mean(h_ref_cols[nb]))
+        if nb:
+            col_out = float(np.mean(h_out_cols[nb]))
+            col_ref = float(np.mean(h_ref_cols[nb]))
+        else:
+            col_out, col_ref = all_out, all_ref
         if col_ref <= 0 or col_out <= 0:
             continue
         vac_level_rel = h_ref_vac[k] / col_ref  # the truth's own level at this empty site, relative to columns

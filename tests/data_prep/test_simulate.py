@@ -53,7 +53,8 @@ def test_params_round_trip_through_json_reproduce_the_image():
 @pytest.mark.parametrize(
     "bad,expected",
     [
-        (dict(lattice="cubic"), "lattice: expected one of 'square', 'rect', 'hex' or 'perovskite', got 'cubic'"),
+        (dict(lattice="cubic"),
+         "lattice: expected one of 'square', 'rect', 'hex', 'perovskite' or 'honeycomb', got 'cubic'"),
         (dict(dose=-1.0), "dose must be > 0.0, got -1.0"),
         (dict(dose="5"), "dose: expected a number, got str '5'"),
         (dict(period_px=1.0), "period_px must be >= 2.0, got 1.0"),
@@ -137,6 +138,38 @@ def test_perovskite_has_two_sublattices_of_given_weights():
     w = np.round(r.column_weight, 6)
     assert set(np.unique(w)) == {0.4, 1.0}
     assert abs((w == 1.0).sum() - (w == 0.4).sum()) < 0.1 * len(w)
+
+
+def test_honeycomb_has_two_unequal_sublattices_a_period_over_root_three_apart():
+    r = simulate(lattice="honeycomb", shape=(160, 160), period_px=18.0, b_weight=0.45, probe_sigma_px=1.5,
+                 angle_deg=10.0, **CLEAN)
+    w = np.round(r.column_weight, 6)
+    strong, weak = r.columns[w == 1.0], r.columns[w == 0.45]
+    assert set(np.unique(w)) == {0.45, 1.0} and abs(len(strong) - len(weak)) < 0.1 * len(w)
+    d_sw, _ = cKDTree(strong).query(weak)  # every weak column's nearest strong one: a / sqrt(3)
+    inner = np.all((weak > 20) & (weak < 140), axis=1)
+    np.testing.assert_allclose(d_sw[inner], 18.0 / math.sqrt(3.0), rtol=1e-3)
+    d_ss, _ = cKDTree(strong).query(strong, k=2)  # the strong sublattice alone is the hexagonal Bravais net
+    np.testing.assert_allclose(np.median(d_ss[:, 1]), 18.0, rtol=1e-3)
+    assert r.lattice == "hex" and r.period_px == pytest.approx(18.0)
+    assert SimParams(lattice="honeycomb", period_px=18.0).resolved_sigma() == pytest.approx(0.11 * 18 / math.sqrt(3))
+
+
+def test_nanoparticle_has_vacuum_around_it_and_lists_the_vacuum_sites_as_vacancies():
+    kw = dict(shape=(192, 192), period_px=12.0, probe_sigma_px=1.4, dose=40.0, particle_radius_frac=0.6,
+              background=0.1, background_slow=0.05, noise=False, scan_jitter_px=0.0, tear_rate=0.0)
+    r = simulate(**kw)
+    centre, radius = np.array([95.5, 95.5]), 0.6 * 96
+    dist = np.hypot(*(r.columns - centre).T)
+    assert dist.max() <= radius + 0.5 and len(r.columns) > 50
+    vac_dist = np.hypot(*(r.vacancies - centre).T)
+    assert (vac_dist > radius).sum() > 50  # the vacuum's lattice sites are there to count painted columns
+    yy, xx = np.mgrid[0:192, 0:192]
+    far = np.hypot(yy - 95.5, xx - 95.5) > radius + 12  # beyond the rim and the last columns' tails
+    assert np.all(r.truth[far] == 0.0)  # vacuum: no column, no background
+    assert r.truth[~far].mean() > 0.1 * 40.0 * 0.5
+    full = simulate(**{**kw, "particle_radius_frac": None})
+    assert len(full.columns) > 1.5 * len(r.columns) and len(full.vacancies) == 0
 
 
 def test_vacancies_heavy_and_light_columns():

@@ -24,8 +24,8 @@ def test_default_specs_cover_doses_lattices_and_large():
     full = B.default_specs()
     regular = [s for s in full if s.size == 384]
     assert {s.dose for s in regular} == {2.0, 5.0, 10.0, 20.0}
-    assert {s.lattice for s in regular} == {"square", "hex", "perovskite"}
-    assert len(regular) == 12
+    assert {s.lattice for s in regular} == {"square", "hex", "perovskite", "honeycomb", "nanoparticle"}
+    assert len(regular) == 20
     large = [s for s in full if s.size >= 2048]
     assert len(large) == 2 and len({s.lattice for s in large}) == 2
     assert all(s.vacancy_frac > 0 and s.heavy_frac > 0 and s.dents > 0 for s in full)
@@ -33,6 +33,30 @@ def test_default_specs_cover_doses_lattices_and_large():
     quick = B.default_specs(quick=True)
     assert len(quick) == 4 and all(s.size <= 256 for s in quick)
     assert len({s.period_px for s in quick}) > 1  # more than one zoom
+
+
+def test_nanoparticle_case_counts_columns_painted_into_the_vacuum():
+    from stem_denoise.evaluation.metrics import column_metrics
+
+    spec = B.CaseSpec("np", "nanoparticle", 20.0, 160, period_px=12.8, angle_deg=20.0, seed=3)
+    c = B.simulate_case(spec)
+    assert c.lattice == "nanoparticle"
+    centre = (np.array(c.shape) - 1) / 2.0
+    radius = B.PARTICLE_RADIUS_FRAC * 0.5 * min(c.shape)
+    in_vacuum = np.hypot(*(c.columns.vacancies - centre).T) > radius
+    assert in_vacuum.sum() > 30 and np.hypot(*(c.columns.columns - centre).T).max() < radius + 1
+    # an output that paints the crystal over the whole frame: the same simulation without the particle
+    painted = simulate(lattice="square", shape=c.shape, period_px=12.8, angle_deg=20.0, dose=20.0, seed=3,
+                       vacancy_frac=spec.vacancy_frac, heavy_frac=spec.heavy_frac, light_frac=spec.light_frac,
+                       dents=spec.dents, noise=False)
+    m_paint = column_metrics(painted.truth, c.columns, truth_image=c.truth)
+    m_truth = column_metrics(c.truth, c.columns, truth_image=c.truth)
+    assert m_truth["hallucinations"] == 0
+    # every vacuum site away from the border shows a column, and counts even far from any true column (the real
+    # vacancies inside the crystal stay empty in the painted image too)
+    assert m_paint["hallucinations"] >= m_paint["n_vacancies"] - len(painted.vacancies) > 0.5 * in_vacuum.sum()
+    honey = B.simulate_case(B.CaseSpec("hc", "honeycomb", 20.0, 128, period_px=16.0, seed=4))
+    assert honey.lattice == "honeycomb" and len(honey.columns.columns) > 100
 
 
 def test_pluggable_method_and_oracle_gating(case):
