@@ -77,6 +77,11 @@ class TrainConfig(Config):
     micrograph patches from noise-layer outputs, and the
     noise corrections learn from its verdict (weight ``lambda_noise_adv``) at ``noise_lr_factor`` times the
     generator's learning rate (see :mod:`cyclegan.pairs`). None of these change a synthetic-source run.
+
+    ``working_scale`` (synthetic source without a data folder only): which length of a scene maps to ``period_px``:
+    "cell" (the lattice period) or "sites" (the nearest column spacing of a multi-site cell, at most 1/0.7 of the
+    cell: the rule of :func:`cyclegan.infer.site_spacing_factor`). The export records it, and inference runs such
+    a model at the same scale unless told otherwise.
     """
 
     seed: int = 0
@@ -97,6 +102,7 @@ class TrainConfig(Config):
     lambda_clean: float = Field(10.0, ge=0.0)
     lambda_adv: float = Field(1.0, ge=0.0)
     scale_in_loop: bool = True
+    working_scale: Literal["cell", "sites"] = "cell"
     scale_jitter: float = Field(0.08, ge=0.0, le=0.5)
     period_range: Interval(2.0, 200.0) = (6.0, 40.0)
     bank_size: int = Field(600, ge=1, le=100000)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from cyclegan.resampling import Resampler, _BackResampler
+from cyclegan.synth import SITE_FACTOR_MIN, SITE_MIN_HEIGHT  # the rule training uses too
 from cyclegan.tiles import TilePlan, make_tile_fn, measure_receptive_field, plan_tiles
 from stem_denoise.common.device import pick_device
 from stem_denoise.common.errors import InputError
@@ -130,8 +131,6 @@ def check_period(image, period_px: float, *, force: bool = False, name: str = "i
 
 
 WORKING_SCALES = ("cell", "sites")
-SITE_FACTOR_MIN = 0.7  # the "sites" working scale magnifies by at most 1 / this
-SITE_MIN_HEIGHT = 0.15  # cell-average sites weaker than this (relative to the strongest) do not set the spacing
 
 
 def site_spacing_factor(image, period_px: float | None = None) -> tuple[float, dict]:
@@ -201,7 +200,7 @@ def denoise_array(
     progress: bool = False,
     plan: TilePlan | None = None,
     stats: dict | None = None,
-    working_scale: str = "cell",
+    working_scale: str | None = None,
 ) -> np.ndarray:
     """Denoise a 2-D micrograph (source units in, source units out) with a generator export's network.
 
@@ -213,9 +212,10 @@ def denoise_array(
     "fp32", "bf16"; see :mod:`stem_denoise.common.precision`) is the network's arithmetic; the result is float32
     either way.
     ``stats`` (a dict) is filled with the scale, tile plan, intensity range and precision ("fp32"/"bf16") used.
-    ``working_scale``: "cell" (the lattice period maps to the model's period, as in training) or "sites" (the
-    period is first multiplied by :func:`site_spacing_factor`, so the nearest column spacing of a multi-site cell
-    maps closer to the model's period; opt-in, see there).
+    ``working_scale``: "cell" (the lattice period maps to the model's period) or "sites" (the period is first
+    multiplied by :func:`site_spacing_factor`, so the nearest column spacing of a multi-site cell maps closer to
+    the model's period); None (default): the scale the model was trained at (``info["working_scale"]``, "cell"
+    for exports that do not say).
     """
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) != 2 or min(shape) < 1:
@@ -229,6 +229,8 @@ def denoise_array(
     period_px = float(period_px)
     if not (np.isfinite(period_px) and period_px > 0):
         raise InputError(f"lattice period must be a positive number of px, got {period_px}")
+    if working_scale is None:
+        working_scale = str(info.get("working_scale", "cell"))
     if working_scale not in WORKING_SCALES:
         raise InputError(f"working scale must be one of {', '.join(WORKING_SCALES)}, got {working_scale!r}")
     site_record = None
@@ -390,7 +392,7 @@ def denoise_files(
     tta: bool = False,
     device: str | None = "auto",
     precision: str | None = "auto",
-    working_scale: str = "cell",
+    working_scale: str | None = None,
     overwrite: bool = False,
     float32: bool = False,
     rank: int = 0,

@@ -235,10 +235,18 @@ def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Ge
 
 
 class SyntheticPairs:
-    """Batches of (noisy, clean) model-scale pairs drawn from a :class:`cyclegan.synth.SceneBank`."""
+    """Batches of (noisy, clean) model-scale pairs drawn from a :class:`cyclegan.synth.SceneBank`.
+
+    ``working_scale``: which length maps to ``model_period``: "cell" (the scene's lattice period, as the lattice
+    measurement reports it) or "sites" (the period times the scene's ``site_factor``: the nearest column spacing of
+    a multi-site cell, the rule of :func:`cyclegan.infer.site_spacing_factor`, so that a model trained this way and
+    run at the "sites" scale meets the same magnification at training and at inference)."""
 
     def __init__(self, bank, *, model_period: float, crop_px: int, ranges: NoiseRanges,
-                 scale_jitter: float = 0.08, scale_in_loop: bool = True) -> None:
+                 scale_jitter: float = 0.08, scale_in_loop: bool = True, working_scale: str = "cell") -> None:
+        if working_scale not in ("cell", "sites"):
+            raise ValueError(f"working_scale must be 'cell' or 'sites', got {working_scale!r}")
+        self.working_scale = working_scale
         self.bank = bank
         self.model_period = float(model_period)
         self.crop_px = int(crop_px)
@@ -252,7 +260,9 @@ class SyntheticPairs:
             i = int(torch.randint(0, len(self.bank), (), generator=gen))
             scene = self.bank[i]
             noise = draw_noise(gen, self.ranges)
-            x, y = make_pair(scene.image, scene.period_px, self.model_period, self.crop_px, gen, noise,
+            # the period that maps to the model's: the cell's, or at the "sites" scale the nearest column spacing's
+            native = scene.period_px * (getattr(scene, "site_factor", 1.0) if self.working_scale == "sites" else 1.0)
+            x, y = make_pair(scene.image, native, self.model_period, self.crop_px, gen, noise,
                              scale_jitter=self.scale_jitter, scale_in_loop=self.scale_in_loop)
             xs.append(x)
             ys.append(y)

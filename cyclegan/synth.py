@@ -29,16 +29,21 @@ import numpy as np
 from scipy import ndimage
 
 KINDS = ("square", "rect", "hex", "perovskite", "honeycomb", "dumbbell", "motif")
+SITE_FACTOR_MIN = 0.7  # the "sites" working scale magnifies a cell by at most 1 / this
+SITE_MIN_HEIGHT = 0.15  # sites weaker than this (relative to the strongest) do not set the nearest column spacing
 KIND_WEIGHTS = (0.14, 0.1, 0.16, 0.16, 0.16, 0.14, 0.14)
 
 
 @dataclass(frozen=True)
 class Scene:
-    """A clean rendered scene: ``image`` (H, W) float32 in column-peak units, its native ``period_px``, ``kind``."""
+    """A clean rendered scene: ``image`` (H, W) float32 in column-peak units, its native ``period_px``, ``kind``;
+    ``site_factor``: the nearest column spacing over the period as the "sites" working scale measures it
+    (:func:`site_factor`; 1 for a one-site cell)."""
 
     image: np.ndarray
     period_px: float
     kind: str
+    site_factor: float = 1.0
 
 
 def _rot(angle_deg: float) -> np.ndarray:
@@ -108,6 +113,16 @@ def _nearest_spacing(a1, a2, motif) -> float:
     d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
     d[d < 1e-9] = np.inf
     return float(d.min())
+
+
+def site_factor(a1, a2, motif, period_px: float) -> float:
+    """The "sites" working-scale factor of a cell, the rule :func:`cyclegan.infer.site_spacing_factor` applies to a
+    micrograph's cell average: the nearest spacing between motif sites at least :data:`SITE_MIN_HEIGHT` of the
+    strongest, over the period, clipped to ``[SITE_FACTOR_MIN, 1]``."""
+    top = max(float(m[2]) for m in motif)
+    strong = [m for m in motif if float(m[2]) >= SITE_MIN_HEIGHT * top]
+    spacing = _nearest_spacing(a1, a2, strong)
+    return float(min(1.0, max(SITE_FACTOR_MIN, spacing / float(period_px))))
 
 
 def _sites(shape, a1, a2, motif, origin, pad):
@@ -210,6 +225,7 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
     shape = (int(size), int(size))
     a1, a2, motif = _basis_and_motif(kind, p, rng)
     near = _nearest_spacing(a1, a2, motif)
+    factor = site_factor(a1, a2, motif, p)
     sigma = max(0.5, rng.uniform(0.07, 0.42) * near)
     ellip = 1.0 if (simple or rng.random() < 0.6) else rng.uniform(0.75, 1.0)
     tail_frac = 0.0 if (simple or rng.random() < 0.5) else rng.uniform(0.05, 0.25)
@@ -275,7 +291,7 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
     if rng.random() < 0.3:
         img += rng.uniform(0.0, 0.06) * _smooth_field(shape, rng, rng.uniform(1.0, 3.0)) * specimen
     img = np.maximum(img, 0.0)
-    return Scene(np.ascontiguousarray(img, dtype=np.float32), p, kind)
+    return Scene(np.ascontiguousarray(img, dtype=np.float32), p, kind, factor)
 
 
 class SceneBank:

@@ -641,6 +641,9 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels
     stochastic = cfg.objective == "stochastic"
+    if data_dir is not None and cfg.working_scale != "cell":
+        raise ConfigError("working_scale 'sites' is built for training without --data (synthetic scenes only): "
+                          "prepare_data cuts a data folder's patches at the cell scale")
     if data_dir is None:
         if not stochastic or cfg.clean_source != "synthetic":
             raise ConfigError("training without --data needs the stochastic objective with clean_source "
@@ -727,7 +730,8 @@ def _train(cfg: TrainConfig, data_dir: Path | None, out_dir: Path, ctx: DistCont
         _say(f"checkpoint is at step {start_step} >= steps={cfg.steps}; nothing to train (raise --steps)", ctx)
 
     gen_info = {"patch_px": info.patch_px, "atoms_per_patch": info.atoms_per_patch, "period_px": info.period_px,
-                "direction": "A2B", "lowfreq_sigma_px": model.lowpass.sigma_px, "objective": cfg.objective}
+                "direction": "A2B", "lowfreq_sigma_px": model.lowpass.sigma_px, "objective": cfg.objective,
+                "working_scale": cfg.working_scale}
     if ctx.is_main:
         try:
             write_config_record(cfg, out_dir)
@@ -903,7 +907,8 @@ def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | Non
              f"{cfg.period_range[1]:g} px)", ctx)
         bank = SceneBank(cfg.bank_size, seed=cfg.seed, period_range=cfg.period_range, family=cfg.scene_family)
         source = SyntheticPairs(bank, model_period=info.period_px, crop_px=crop, ranges=cfg.noise,
-                                scale_jitter=jitter, scale_in_loop=cfg.scale_in_loop)
+                                scale_jitter=jitter, scale_in_loop=cfg.scale_in_loop,
+                                working_scale=cfg.working_scale)
 
         def pairs(step: int, real_B):
             x, y = source.batch(cfg.batch_size, step_generator(cfg.seed, step, ctx.rank))

@@ -83,15 +83,16 @@ class Denoiser:
 
     def denoise(self, array, period_px: float | None = None, *, tta: bool = False, tile: int | None = None,
                 batch_size: int | None = None, progress: bool = False, force_period: bool = False,
-                working_scale: str = "cell") -> np.ndarray:
+                working_scale: str | None = None) -> np.ndarray:
         """Denoise a 2-D micrograph; return a float32 array of the same shape in the same units.
 
         ``period_px``: the lattice period in the micrograph's px (as :func:`measure_lattice` reports it); measured
         when None. A given period is checked against the measured lattice: more than 15 % apart raises
         :class:`~stem_denoise.common.errors.InputError` naming both, unless ``force_period``. ``tta``: average the
         8 dihedral transforms (8x slower, a little better). ``tile``/``batch_size``: memory knobs (defaults suit
-        the device). ``working_scale``: "cell" (default) or "sites" (a multi-site cell is magnified so that its
-        nearest column spacing maps closer to the model's period; see :func:`cyclegan.infer.site_spacing_factor`).
+        the device). ``working_scale``: "cell" or "sites" (a multi-site cell is magnified so that its nearest
+        column spacing maps closer to the model's period; see :func:`cyclegan.infer.site_spacing_factor`); None
+        (default): the scale the model was trained at ("cell" for the shipped model).
         The settings actually used (scale, tiles, precision, the period, a note on the period) are in
         ``self.last_stats`` afterwards.
         """

@@ -46,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "against the measured lattice: more than 15%% off is refused")
     p.add_argument("--force-period", action="store_true",
                    help="use --period even where it disagrees with the measured lattice by more than 15%%")
-    p.add_argument("--working-scale", choices=("cell", "sites"), default="cell",
-                   help="cell (default): the lattice period maps to the model's period, as in training; sites: "
-                        "a multi-site cell (perovskite, dumbbells) is magnified so its nearest column spacing maps "
-                        "closer to it (keeps more weak columns; measured in the README)")
+    p.add_argument("--working-scale", choices=("cell", "sites"), default=None,
+                   help="cell: the lattice period maps to the model's period; sites: a multi-site cell (perovskite, "
+                        "dumbbells) is magnified so its nearest column spacing maps closer to it (keeps more weak "
+                        "columns; measured in the README); default: the scale the model was trained at (cell for "
+                        "the shipped model)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per batch (default: 16 on CUDA, 2 on CPU)")

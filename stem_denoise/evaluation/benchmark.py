@@ -347,7 +347,7 @@ def parse_compare(items) -> tuple[tuple[str, Path], ...]:
 
 def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None, tta: bool = False,
                     batch_size: int = 8, name: str = "cyclegan", label: str | None = None,
-                    working_scale: str = "cell") -> Method:
+                    working_scale: str | None = None) -> Method:
     """The CycleGAN generator export at ``checkpoint``, run over stitched tiles by
     :func:`cyclegan.infer.denoise_array` with the period measured on each micrograph (``working_scale``: see
     there)."""
@@ -398,7 +398,7 @@ def n2v_method(name: str, *, steps: int | None = None, max_pixels: int | None = 
 
 
 def supervised_method(path: str | os.PathLike, *, device: str | None = None, tta: bool = False,
-                      working_scale: str = "cell") -> Method:
+                      working_scale: str | None = None) -> Method:
     """The supervised-on-simulation baseline's export at ``path`` (:mod:`stem_denoise.evaluation.supervised`), run
     through the same stitched-tile inference as the CycleGAN."""
     return cyclegan_method(path, device=device, tta=tta, name="supervised", working_scale=working_scale,

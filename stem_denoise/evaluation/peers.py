@@ -7,10 +7,10 @@ test image alone** (no other image, no truth), the way the benchmark's Deep Imag
 * ``n2v2``: N2V2 (median replacement, blur-pool U-Net without the top skip connection: no checkerboard), trained
   on the image's 8 flips and 90-degree rotations;
 * ``structn2v``: N2V2 plus the structN2V mask, which also hides the pixels of a ``span``-long segment centred on
-  each blind spot along the fast-scan rows ("horizontal", CAREamics' last axis; span 5: two on either side). Row-correlated noise (what the simulator and real
-  frames show) lets a plain blind spot read a masked pixel's noise off its row neighbours; the mask takes that
-  away. Rotating the image would turn the rows into columns, so this variant trains on the 4 flips only, which
-  keep rows as rows.
+  each blind spot along the fast-scan rows ("horizontal", CAREamics' last axis; span 5: two on either side).
+  Row-correlated noise (what the simulator and real frames show) lets a plain blind spot read a masked pixel's
+  noise off its row neighbours; the mask takes that away. Rotating the image would turn the rows into columns, so
+  this variant trains on the 4 flips only, which keep rows as rows.
 
 The training stack is the image's transforms, repeated so that one CAREamics epoch holds ``steps`` batches (one
 epoch: no per-epoch validation or checkpoint overhead). CAREamics normalises with the stack's mean and std and

@@ -760,7 +760,7 @@ def fixed_gaussian_method(sigma_px: float):
 
 
 def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = None,
-                 working_scale: str = "cell", n2v_steps: int | None = None,
+                 working_scale: str | None = None, n2v_steps: int | None = None,
                  supervised_model=None) -> tuple[list, list[str]]:
     """The methods to run on real frames and ``"name: reason"`` for those left out.
 
