@@ -5,13 +5,14 @@ here.
     python scripts/model_card.py --model stem_denoise/models/default.pt --run runs/default --out stem_denoise/models/
     --compare classic=runs/classic/generator.pt
 
-Runs, in one go: the benchmark on the project's simulated test set (square, hexagonal and perovskite lattices at
-doses 2, 5, 10 and 20, 384 px) and on the independent validation set (:mod:`stem_denoise.evaluation.independent`:
-another simulator), with the noisy input, the oracle Gaussian, NLM and the model (and any ``--compare`` models); the
-no-truth checks on the real frames (:mod:`stem_denoise.evaluation.realframes`, the shared folder ``../shared/real/``
-when it exists, or ``--real DIR``) with fixed Gaussians and the model; and, from the training run folder, the training
-curve and wall time. Writes ``OUT/card.json`` (all numbers), ``OUT/README.md`` (the card, from the template in
-this file), ``OUT/bench/`` and ``OUT/real/`` (tables and figures).
+Runs, in one go: the benchmark on the project's simulated test set (the benchmark's default lattices: square,
+hexagonal, perovskite, honeycomb and nanoparticle, at doses 2, 5, 10 and 20, 384 px) and on the independent
+validation set (:mod:`stem_denoise.evaluation.independent`: another simulator), with the noisy input, the oracle
+Gaussian, NLM and the model (and any ``--compare`` models); the no-truth checks on the real frames
+(:mod:`stem_denoise.evaluation.realframes`, the shared folder ``../shared/real/`` when it exists, or ``--real DIR``)
+with fixed Gaussians and the model; and, from the training run folder, the training curve and wall time. Writes
+``OUT/card.json`` (all numbers), ``OUT/README.md`` (the card, from the template in this file), ``OUT/bench/`` and
+``OUT/real/`` (tables and figures).
 """
 from __future__ import annotations
 
@@ -155,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = training_record(Path(args.run) if args.run else None)
     if args.run and (Path(args.run) / "curve.png").exists():
         shutil.copyfile(Path(args.run) / "curve.png", out / "curve.png")
-    card = {"model": str(model.name), "benchmark": summary, "benchmark_wall_s": round(t_bench, 1),
+    lattices = list(dict.fromkeys(r["lattice"] for r in bench.rows if r.get("set") != "independent"))
+    card = {"model": str(model.name), "benchmark": summary, "benchmark_lattices": lattices, "benchmark_size": cfg.size,
+            "benchmark_wall_s": round(t_bench, 1),
             "real": [{k: v for k, v in r.items() if k != "failures_list"} for r in real_rows],
             "training": train, "measured": time.strftime("%Y-%m-%d")}
     (out / "card.json").write_text(json.dumps(card, indent=1, default=str) + "\n", encoding="utf-8")
@@ -166,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def render_card(card: dict, compare, train: dict, real_rows: list[dict], model: Path) -> str:
     s = card["benchmark"]
+    lattices = card.get("benchmark_lattices") or ["square", "hex", "perovskite"]  # cards before it was recorded
     methods = [("noisy", "noisy"), ("gaussian_oracle", "Gaussian (oracle)"), ("nlm", "NLM"), ("cyclegan", "model")]
     methods += [(f"cyclegan_{lab}", lab) for lab, _ in compare]
     cfgd = train.get("config", {})
@@ -209,8 +213,8 @@ def render_card(card: dict, compare, train: dict, real_rows: list[dict], model: 
         "",
         "## Benchmark: PSNR (dB), mean per dose",
         "",
-        "The project's simulated test set (square, hexagonal, perovskite; 384 px; the period measured on each "
-        "noisy image):",
+        f"The project's simulated test set ({', '.join(lattices)}; {card.get('benchmark_size', 384)} px; the period "
+        "measured on each noisy image):",
         "",
         *bench_table(s, "simulated", methods),
         "",

@@ -36,6 +36,8 @@ def test_model_card_measures_and_writes_the_card(tiny_export, tmp_path, capsys, 
     card = json.loads((out / "card.json").read_text())
     sim_set = card["benchmark"]["simulated"]
     assert set(sim_set) == {"5.0", "20.0"} and "cyclegan" in sim_set["5.0"] and "independent" in card["benchmark"]
+    assert card["benchmark_lattices"] == ["square", "hex"]  # the card names the lattices it was measured on
+    assert "simulated test set (square, hex; 128 px" in (out / "README.md").read_text()
     # the card's numbers are the benchmark's: the mean over the cases of results.csv
     import csv
 
