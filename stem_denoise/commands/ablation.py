@@ -26,7 +26,6 @@ from typing import Sequence
 
 from stem_denoise.common.cli import ArgumentParser, run_main
 
-REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {
     "full": {},
     "no_scale_loop": {"scale_in_loop": False},
@@ -111,15 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stem_denoise.commands.model_card import summarise_bench
 
     summary = summarise_bench(res.rows)
+    from stem_denoise.evaluation.realframes import DEFAULT_REAL_DIR
+
     real_rows = []
-    real_src = REPO.parent / "shared" / "real"
-    if not args.no_real and real_src.is_dir():
+    if not args.no_real and DEFAULT_REAL_DIR.is_dir():
         from data_prep.io import list_micrographs
         from stem_denoise.evaluation.realframes import real_methods, run_realcheck
 
         ckpts = [out / n / "generator.pt" for n in wanted]
         methods, skipped = real_methods([], checkpoints=[str(c) for c in ckpts], labels=wanted)
-        real_rows = run_realcheck(list_micrographs([real_src]), methods, out / "real", skipped=skipped,
+        real_rows = run_realcheck(list_micrographs([DEFAULT_REAL_DIR]), methods, out / "real", skipped=skipped,
                                   log=lambda *a, **k: None)["rows"]
     names = {"full": "cyclegan", **{n: f"cyclegan_{n}" for n in wanted if n != "full"}}
     lines = [f"Ablation, {args.steps} steps per variant (quick-profile generator), "

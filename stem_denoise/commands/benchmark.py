@@ -30,8 +30,6 @@ from pathlib import Path
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import InputError
 
-DEFAULT_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real"
-
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -112,12 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fmt(v, spec: str) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and v != v) else spec.format(v)
-
-
 def main(argv=None) -> int:
     from stem_denoise.evaluation.benchmark import BenchConfig, run_benchmark
+    from stem_denoise.evaluation.realframes import DEFAULT_REAL_DIR
     from stem_denoise.evaluation.report import aggregate
 
     args = build_parser().parse_args(argv)
@@ -125,9 +120,11 @@ def main(argv=None) -> int:
         raise InputError(f"--out {args.out} exists and is not a folder")
     from stem_denoise.evaluation.benchmark import parse_compare
 
-    real = None if args.no_real else args.real
-    if real is None and not args.no_real and not args.quick and DEFAULT_REAL.is_dir():
-        real = DEFAULT_REAL
+    real = args.real
+    if real is None and not args.quick and DEFAULT_REAL_DIR.is_dir():
+        real = DEFAULT_REAL_DIR
+    if args.no_real:
+        real = None
     cfg = BenchConfig(real_dir=real,
         compare=parse_compare(args.compare), sites_scale=args.sites_scale, out_dir=args.out, quick=args.quick,
         data_dir=args.data, doses=args.doses, lattices=args.lattices, size=args.size, n_large=args.large,
@@ -158,13 +155,7 @@ def main(argv=None) -> int:
         if key in result.paths:
             print(f"wrote {result.paths[key]}")
     print(f"wrote {len(result.paths['figures'])} figure panels in {Path(cfg.out_dir) / 'figures'}")
-    if result.real_rows:
-        print("real frames (no truth): cell r / worst site / columns raw->out / Bragg % / verdict")
-        for r in result.real_rows:
-            print(f"  {r['frame']:28s} {r['label']:40s} {_fmt(r.get('cell_r'), '{:.4f}')} / "
-                  f"{_fmt(r.get('site_height_max_rel_err'), '{:.3f}')} / {r.get('n_columns_raw')}->"
-                  f"{r.get('n_columns_out')} / {_fmt(r.get('bragg_power_frac'), '{:.2%}')} / "
-                  f"{'pass' if r['pass'] else 'FAIL'}")
+    if "real_markdown" in result.paths:  # its rows were printed as they came (run_realcheck's log)
         print(f"wrote {result.paths['real_markdown']}")
     if result.errors:
         print(f"{len(result.errors)} method run(s) failed; see results.md", file=sys.stderr)

@@ -29,8 +29,6 @@ from cyclegan.checkpoint import default_model_path
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import InputError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Measure a generator export and write its model card.")
@@ -118,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from data_prep.io import list_micrographs
     from stem_denoise.evaluation.benchmark import BenchConfig, run_benchmark
-    from stem_denoise.evaluation.realframes import real_methods, run_realcheck
+    from stem_denoise.evaluation.realframes import DEFAULT_REAL_DIR, real_methods, run_realcheck
 
     model = Path(args.model)
     if not model.is_file():
@@ -143,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_bench = time.time() - t0
 
     real_rows, real_dir = [], work / "real"
-    real_src = Path(args.real) if args.real else REPO.parent / "shared" / "real"
+    real_src = Path(args.real) if args.real else DEFAULT_REAL_DIR
     frames = list_micrographs([real_src]) if real_src.exists() else []
     if frames:
         if real_dir.exists():

@@ -21,10 +21,6 @@ from pathlib import Path
 from stem_denoise.common.cli import ArgumentParser, run_main
 from stem_denoise.common.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[2]
-
-DEFAULT_REAL = ROOT.parent / "shared" / "real"
-
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
@@ -62,14 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from data_prep.io import list_micrographs
-    from stem_denoise.evaluation.realframes import METHOD_NAMES, PEER_NAMES, output_paths, real_methods, run_realcheck
+    from stem_denoise.evaluation.realframes import (
+        DEFAULT_REAL_DIR,
+        METHOD_NAMES,
+        PEER_NAMES,
+        output_paths,
+        real_methods,
+        run_realcheck,
+    )
 
     args = build_parser().parse_args(argv)
     real = args.real
     if real is None:
-        if not DEFAULT_REAL.is_dir():
-            raise InputError(f"no --real folder given and the shared folder {DEFAULT_REAL} does not exist")
-        real = DEFAULT_REAL
+        if not DEFAULT_REAL_DIR.is_dir():
+            raise InputError(f"no --real folder given and the shared folder {DEFAULT_REAL_DIR} does not exist")
+        real = DEFAULT_REAL_DIR
     if not real.exists():
         raise InputError(f"--real {real}: no such file or folder")
     if args.out.exists() and not args.out.is_dir():

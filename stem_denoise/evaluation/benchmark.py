@@ -806,7 +806,7 @@ def _run_real_frames(cfg: BenchConfig, methods: Sequence[Method], out: Path, pat
 
     frames = list_micrographs([Path(cfg.real_dir)])
     real = real_methods_from(methods)
-    log(f"real frames: {len(frames)} frame(s) x {len(real)} method(s) from {cfg.real_dir}")
+    log(f"real frames (no truth): {len(frames)} frame(s) x {len(real)} method(s) from {cfg.real_dir}")
     result = run_realcheck(frames, real, out, log=log)
     errors.extend(f"real frames: {e}" for e in result["errors"])
     paths["real_csv"], paths["real_markdown"] = result["paths"]["csv"], result["paths"]["markdown"]

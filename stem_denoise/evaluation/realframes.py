@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.fft
@@ -68,6 +69,7 @@ __all__ = [
     "check_real_frame",
     "METHOD_NAMES",
     "PEER_NAMES",
+    "DEFAULT_REAL_DIR",
     "fixed_gaussian_method",
     "real_methods",
     "real_methods_from",
@@ -736,6 +738,9 @@ def check_real_frame(metrics: dict, thresholds: dict = THRESHOLDS) -> dict:
 # ------------------------------------------------------------------------------------------------ real-frame runs
 
 METHOD_NAMES = ("noisy", "gaussian_1px", "gaussian_2px", "median", "nlm", "bm3d", "bragg")
+#: The shared real frames beside the repository (``../shared/real/``): the default of every command that scores real
+#: frames, used where the folder exists.
+DEFAULT_REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "real"
 PEER_NAMES = ("n2v2", "structn2v", "supervised")  # the learned peers (opt-in: N2V trains on every frame)
 CSV_COLUMNS = (
     "frame", "method", "label", "pass", "cell_r", "site_height_max_rel_err", "n_sites", "n_columns_raw",
@@ -774,7 +779,6 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
     ``working_scale`` (:func:`cyclegan.infer.denoise_array`).
     """
     import dataclasses
-    from pathlib import Path
 
     from stem_denoise.evaluation import filters
     from stem_denoise.evaluation.benchmark import classical_methods, cyclegan_method, n2v_method, supervised_method
@@ -1033,7 +1037,6 @@ def _frame_name(path) -> str:
 
 def output_paths(out_dir, frames) -> list:
     """The files :func:`run_realcheck` writes into ``out_dir`` for ``frames`` (to refuse overwriting them)."""
-    from pathlib import Path
 
     out = Path(out_dir)
     return [out / "real_results.csv", out / "real_results.md"] + [out / f"real_{_frame_name(Path(f))}.png"
@@ -1054,7 +1057,6 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
     "skipped", "paths", "frames"}``.
     """
     import time
-    from pathlib import Path
 
     from data_prep.io import read_micrograph
     from stem_denoise.common.atomic import make_output_dir
