@@ -275,6 +275,13 @@ class Method:
     max_pixels: int | None = None
     lattices: tuple[str, ...] | None = None
 
+    def size_skip(self, shape: tuple[int, int], where: str) -> str | None:
+        """Why this method skips an image of ``shape`` (above ``max_pixels``), or None when it runs on it."""
+        h, w = (int(v) for v in shape)
+        if self.max_pixels is not None and h * w > self.max_pixels:
+            return f"{self.name} on {where}: {h}x{w} px is above its size limit"
+        return None
+
 
 def _noisy(noisy, ctx):
     return np.asarray(noisy, dtype=np.float32).copy()
@@ -395,6 +402,15 @@ def n2v_method(name: str, *, steps: int | None = None, max_pixels: int | None = 
     label = ("N2V2 + structN2V (CAREamics, per image)" if settings.struct_axis != "none"
              else "N2V2 (CAREamics, per image)")
     return Method(name, fn, label, max_pixels=max_pixels)
+
+
+def available_n2v_method(name: str, **kw) -> tuple[Method | None, str | None]:
+    """:func:`n2v_method` when CAREamics is installed, else ``(None, "name: how to install it")``."""
+    from stem_denoise.evaluation.peers import MISSING, careamics_available
+
+    if not careamics_available():
+        return None, f"{name}: {MISSING}"
+    return n2v_method(name, **kw), None
 
 
 def supervised_method(path: str | os.PathLike, *, device: str | None = None, tta: bool = False,
@@ -574,13 +590,12 @@ def build_methods(cfg: BenchConfig, *, log=print) -> tuple[list[Method], list[st
             except ImportError as exc:
                 skipped.append(f"dip: dip_baseline.api is not available ({exc})")
         elif name in ("n2v2", "structn2v"):
-            from stem_denoise.evaluation.peers import MISSING, careamics_available
-
-            if not careamics_available():
-                skipped.append(f"{name}: {MISSING}")
-                continue
             steps = cfg.n2v_steps or (QUICK_N2V_STEPS if cfg.quick else None)
-            methods.append(n2v_method(name, steps=steps, max_pixels=int(cfg.n2v_max_size) ** 2))
+            m, why = available_n2v_method(name, steps=steps, max_pixels=int(cfg.n2v_max_size) ** 2)
+            if m is None:
+                skipped.append(why)
+            else:
+                methods.append(m)
         elif name == "supervised":
             methods.append(supervised_method(prepare_supervised(cfg, log=log), device=cfg.device, tta=cfg.tta))
     return methods, skipped
@@ -658,8 +673,9 @@ def _run_one(case: Case, m: Method, period: float, period_src: str, seed: int, r
     from stem_denoise.common.columns import find_columns
 
     h, w = case.shape
-    if m.max_pixels is not None and h * w > m.max_pixels:
-        skipped.append(f"{m.name} on {case.name}: {h}x{w} px is above its size limit")
+    too_large = m.size_skip(case.shape, case.name)
+    if too_large:
+        skipped.append(too_large)
         return
     if m.lattices is not None and case.lattice not in m.lattices:
         skipped.append(f"{m.name} on {case.name}: runs on {', '.join(m.lattices)} cases only")

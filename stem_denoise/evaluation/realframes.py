@@ -781,7 +781,12 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
     import dataclasses
 
     from stem_denoise.evaluation import filters
-    from stem_denoise.evaluation.benchmark import classical_methods, cyclegan_method, n2v_method, supervised_method
+    from stem_denoise.evaluation.benchmark import (
+        available_n2v_method,
+        classical_methods,
+        cyclegan_method,
+        supervised_method,
+    )
 
     wanted = list(METHOD_NAMES if names is None else names)
     bad = [n for n in wanted if n not in METHOD_NAMES + PEER_NAMES]
@@ -800,12 +805,11 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
         elif name == "bm3d" and not filters.bm3d_available():
             skipped.append("bm3d: the optional 'bm3d' package is not installed (non-commercial licence)")
         elif name in ("n2v2", "structn2v"):
-            from stem_denoise.evaluation.peers import MISSING, careamics_available
-
-            if not careamics_available():
-                skipped.append(f"{name}: {MISSING}")
-                continue
-            methods.append(n2v_method(name, steps=n2v_steps))
+            m, why = available_n2v_method(name, steps=n2v_steps)
+            if m is None:
+                skipped.append(why)
+            else:
+                methods.append(m)
         elif name == "supervised":
             if supervised_model is None or not Path(supervised_model).is_file():
                 raise InputError("method supervised needs the supervised baseline's export: "
@@ -1094,9 +1098,9 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
         outputs = {}
         frame_rows = []
         for m in methods:
-            limit = getattr(m, "max_pixels", None)
-            if limit is not None and raw.size > limit:
-                skipped.append(f"{m.name} on {name}: {raw.shape[0]} x {raw.shape[1]} px is above its size limit")
+            too_large = m.size_skip(raw.shape, name)
+            if too_large:
+                skipped.append(too_large)
                 continue
             ctx = MethodContext(name, float(base["period_px"]), pixel_pm,
                                 lattice_period_px=float(lat["period_px"]) * float(period_factor))
