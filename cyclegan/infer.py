@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from cyclegan.resampling import Resampler, _BackResampler
-from cyclegan.synth import SITE_FACTOR_MIN, SITE_MIN_HEIGHT  # the rule training uses too
+from cyclegan.synth import SITE_FACTOR_MIN, SITE_MIN_HEIGHT, WORKING_SCALES  # the rule training uses too
 from cyclegan.tiles import TilePlan, make_tile_fn, measure_receptive_field, plan_tiles
 from stem_denoise.common.device import pick_device
 from stem_denoise.common.errors import InputError
@@ -128,9 +128,6 @@ def check_period(image, period_px: float, *, force: bool = False, name: str = "i
                          f"{measured:.2f} px by {100 * off:.0f} % (more than {100 * PERIOD_TOLERANCE:.0f} %); check "
                          f"the value and its unit (px of this image), or pass --force-period to use it anyway")
     return given, None
-
-
-WORKING_SCALES = ("cell", "sites")
 
 
 def site_spacing_factor(image, period_px: float | None = None) -> tuple[float, dict]:

@@ -44,6 +44,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from cyclegan.synth import WORKING_SCALES
 from stem_denoise.common.config import Config, Interval
 from stem_denoise.common.resample import resample_operator
 
@@ -244,8 +245,8 @@ class SyntheticPairs:
 
     def __init__(self, bank, *, model_period: float, crop_px: int, ranges: NoiseRanges,
                  scale_jitter: float = 0.08, scale_in_loop: bool = True, working_scale: str = "cell") -> None:
-        if working_scale not in ("cell", "sites"):
-            raise ValueError(f"working_scale must be 'cell' or 'sites', got {working_scale!r}")
+        if working_scale not in WORKING_SCALES:
+            raise ValueError(f"working_scale must be one of {', '.join(WORKING_SCALES)}, got {working_scale!r}")
         self.working_scale = working_scale
         self.bank = bank
         self.model_period = float(model_period)

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 KINDS = ("square", "rect", "hex", "perovskite", "honeycomb", "dumbbell", "motif")
+WORKING_SCALES = ("cell", "sites")  # which length maps to the model's period: the lattice cell's, or the columns'
 SITE_FACTOR_MIN = 0.7  # the "sites" working scale magnifies a cell by at most 1 / this
 SITE_MIN_HEIGHT = 0.15  # sites weaker than this (relative to the strongest) do not set the nearest column spacing
 KIND_WEIGHTS = (0.14, 0.1, 0.16, 0.16, 0.16, 0.14, 0.14)

@@ -216,8 +216,7 @@ def filled_vacancies_by_intensity(output: np.ndarray, truth: np.ndarray, columns
     h_out_vac = _site_heights(d_out, period_px, vac)
     h_ref_vac = _site_heights(d_ref, period_px, vac)
     filled = np.zeros(len(vac), dtype=bool)
-    lonely = [k for k, nb in enumerate(neighbours) if not nb]
-    if lonely:  # no true column within 1.5 periods (vacuum): compare with the columns' median height
+    if not all(neighbours):  # a site with no true column within 1.5 periods (vacuum): the columns' median height
         all_out = float(np.median(_site_heights(d_out, period_px, cols)))
         all_ref = float(np.median(_site_heights(d_ref, period_px, cols)))
     for k, nb in enumerate(neighbours):
