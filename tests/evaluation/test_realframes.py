@@ -193,14 +193,35 @@ def _load_script():
     return importlib.import_module("stem_denoise.commands.realcheck")
 
 
-def test_realcheck_cli_writes_one_row_per_method(tmp_path, capsys):
+def _tiny_export(path, **info):
+    """A tiny untrained generator export (period 14 model px; ``info`` adds to its info) at ``path``."""
+    import torch
+
+    from cyclegan.checkpoint import export_generator
+    from cyclegan.models import GeneratorConfig, build_generator
+
+    cfg = GeneratorConfig(width=4, n_blocks=1)
+    torch.manual_seed(0)
+    export_generator(path, build_generator(cfg), cfg,
+                     {"patch_px": 64, "atoms_per_patch": 5, "period_px": 14.0, "direction": "A2B", **info})
+    return path
+
+
+def _real_folder(tmp_path, name: str, size: int, seed: int, lattice: str = "rect"):
+    """``tmp_path/real`` holding one simulated frame ``name.tif`` (float32, period 14 px), as a real-frame folder."""
     from data_prep.io import write_micrograph
-    from stem_denoise.evaluation.realframes import real_methods
 
     folder = tmp_path / "real"
     folder.mkdir()
-    res = simulate(lattice="rect", shape=(160, 160), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=1)
-    write_micrograph(folder / "small.tif", res.noisy, dtype="float32")
+    res = simulate(lattice=lattice, shape=(size, size), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=seed)
+    write_micrograph(folder / f"{name}.tif", res.noisy, dtype="float32")
+    return folder
+
+
+def test_realcheck_cli_writes_one_row_per_method(tmp_path, capsys):
+    from stem_denoise.evaluation.realframes import real_methods
+
+    folder = _real_folder(tmp_path, "small", 160, seed=1)
     out = tmp_path / "out"
     script = _load_script()
     assert script.main(["--real", str(folder), "--out", str(out)]) == 0
@@ -234,21 +255,8 @@ def test_realcheck_bad_folder_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_realcheck_cli_runs_labelled_cyclegan_checkpoints(tmp_path, one_torch_thread):
-    import torch
-
-    from cyclegan.checkpoint import export_generator
-    from cyclegan.models import GeneratorConfig, build_generator
-    from data_prep.io import write_micrograph
-
-    cfg = GeneratorConfig(width=4, n_blocks=1)
-    torch.manual_seed(0)
-    ckpt = tmp_path / "g.pt"
-    export_generator(ckpt, build_generator(cfg), cfg,
-                     {"patch_px": 64, "atoms_per_patch": 5, "period_px": 14.0, "direction": "A2B"})
-    folder = tmp_path / "real"
-    folder.mkdir()
-    res = simulate(lattice="square", shape=(128, 128), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=2)
-    write_micrograph(folder / "tiny.tif", res.noisy, dtype="float32")
+    ckpt = _tiny_export(tmp_path / "g.pt")
+    folder = _real_folder(tmp_path, "tiny", 128, seed=2, lattice="square")
     out = tmp_path / "out"
     args = ["--real", str(folder), "--out", str(out), "--methods", "noisy", "--checkpoint", str(ckpt),
             "--label", "model A", "--checkpoint", str(ckpt), "--device", "cpu"]
@@ -266,20 +274,6 @@ def test_realcheck_cli_runs_labelled_cyclegan_checkpoints(tmp_path, one_torch_th
 # ------------------------------------------------------------------------------------------------ the peers, and the
 # benchmark's real-frame run
 
-def _tiny_export(path, period_px=14.0):
-    import torch
-
-    from cyclegan.checkpoint import export_generator
-    from cyclegan.models import GeneratorConfig, build_generator
-
-    cfg = GeneratorConfig(width=4, n_blocks=1)
-    torch.manual_seed(0)
-    export_generator(path, build_generator(cfg), cfg,
-                     {"patch_px": 64, "atoms_per_patch": 5, "period_px": period_px, "direction": "A2B",
-                      "objective": "supervised"})
-    return path
-
-
 def test_real_methods_take_the_peers_by_name(tmp_path, monkeypatch):
     import sys
 
@@ -290,7 +284,7 @@ def test_real_methods_take_the_peers_by_name(tmp_path, monkeypatch):
     assert not peers.careamics_available()
     with pytest.raises(InputError, match="--supervised-model"):  # the supervised baseline needs its weights
         real_methods(("noisy", "supervised"))
-    ckpt = _tiny_export(tmp_path / "sup.pt")
+    ckpt = _tiny_export(tmp_path / "sup.pt", objective="supervised")
     methods, skipped = real_methods(("noisy",) + PEER_NAMES, supervised_model=ckpt, device="cpu")
     assert [m.name for m in methods] == ["noisy", "supervised"]
     assert len(skipped) == 2 and all(s.startswith(("n2v2:", "structn2v:")) and "[bench]" in s for s in skipped)
@@ -300,7 +294,6 @@ def test_real_methods_take_the_peers_by_name(tmp_path, monkeypatch):
 
 def test_n2v_runs_on_a_real_frame_through_the_adapter(tmp_path, monkeypatch):
     """With a fake CAREamics backend: the peer gets the raw frame, its row is scored like every other."""
-    from data_prep.io import write_micrograph
     from stem_denoise.evaluation import benchmark as B
     from stem_denoise.evaluation.realframes import run_realcheck
 
@@ -311,9 +304,7 @@ def test_n2v_runs_on_a_real_frame_through_the_adapter(tmp_path, monkeypatch):
             Identity.calls += 1
             return image
 
-    res = simulate(lattice="rect", shape=(128, 128), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=3)
-    frame = tmp_path / "frame.tif"
-    write_micrograph(frame, res.noisy, dtype="float32")
+    frame = _real_folder(tmp_path, "frame", 128, seed=3) / "frame.tif"
     m = B.n2v_method("n2v2", steps=3, backend=Identity())
     small = dataclasses.replace(B.n2v_method("structn2v", steps=3, backend=Identity()), max_pixels=64 * 64)
     result = run_realcheck([frame], [m, small], tmp_path / "out", log=lambda *a: None)
@@ -335,14 +326,9 @@ def test_real_methods_from_replace_the_oracle_by_fixed_gaussians():
 
 
 def test_benchmark_scores_its_methods_on_real_frames(tmp_path, capsys):
-    from data_prep.io import write_micrograph
-
     bench = importlib.import_module("stem_denoise.commands.benchmark")
-    folder = tmp_path / "real"
-    folder.mkdir()
-    res = simulate(lattice="rect", shape=(160, 160), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=1)
-    write_micrograph(folder / "small.tif", res.noisy, dtype="float32")
-    ckpt = _tiny_export(tmp_path / "g.pt")
+    folder = _real_folder(tmp_path, "small", 160, seed=1)
+    ckpt = _tiny_export(tmp_path / "g.pt", objective="supervised")
     out = tmp_path / "bench"
     args = ["--out", str(out), "--quick", "--size", "64", "--doses", "20", "--lattices", "square", "--no-progress",
             "--methods", "noisy,gaussian_oracle,median,supervised", "--supervised-model", str(ckpt),
@@ -370,14 +356,9 @@ def test_benchmark_scores_its_methods_on_real_frames(tmp_path, capsys):
 def test_realcheck_cli_peers_flag(tmp_path, monkeypatch, capsys):
     import sys
 
-    from data_prep.io import write_micrograph
-
     monkeypatch.setitem(sys.modules, "careamics", None)  # N2V is skipped with the reason, the rest runs
-    folder = tmp_path / "real"
-    folder.mkdir()
-    res = simulate(lattice="rect", shape=(128, 128), period_px=14.0, probe_sigma_px=2.0, dose=30.0, seed=4)
-    write_micrograph(folder / "f.tif", res.noisy, dtype="float32")
-    ckpt = _tiny_export(tmp_path / "sup.pt")
+    folder = _real_folder(tmp_path, "f", 128, seed=4)
+    ckpt = _tiny_export(tmp_path / "sup.pt", objective="supervised")
     out = tmp_path / "out"
     assert _load_script().main(["--real", str(folder), "--out", str(out), "--methods", "noisy", "--peers",
                                 "--supervised-model", str(ckpt), "--device", "cpu"]) == 0
