@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from cyclegan.resampling import Resampler, _BackResampler
-from cyclegan.synth import SITE_FACTOR_MIN, SITE_MIN_HEIGHT, WORKING_SCALES  # the rule training uses too
+from cyclegan.synth import SITE_MIN_HEIGHT, WORKING_SCALES, clipped_site_factor  # the rule training uses too
 from cyclegan.tiles import TilePlan, make_tile_fn, measure_receptive_field, plan_tiles
 from stem_denoise.common.device import pick_device
 from stem_denoise.common.errors import InputError
@@ -157,7 +157,7 @@ def site_spacing_factor(image, period_px: float | None = None) -> tuple[float, d
     heights = relative_heights(avg.average, sites) if len(sites) else np.zeros(0)
     strong = sites[heights >= SITE_MIN_HEIGHT]
     spacing = site_spacing(strong, avg.geometry) if len(strong) > 1 else None
-    factor = 1.0 if spacing is None else float(min(1.0, max(SITE_FACTOR_MIN, spacing / period)))
+    factor = 1.0 if spacing is None else clipped_site_factor(spacing, period)
     return factor, {"factor": factor, "sites": int(len(strong)),
                     "spacing_px": None if spacing is None else round(float(spacing), 3),
                     "cell_period_px": round(float(lattice.period_px), 3)}

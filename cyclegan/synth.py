@@ -116,14 +116,19 @@ def _nearest_spacing(a1, a2, motif) -> float:
     return float(d.min())
 
 
+def clipped_site_factor(spacing_px: float, period_px: float) -> float:
+    """The "sites" working-scale factor from a nearest column spacing: ``spacing / period`` clipped to
+    ``[SITE_FACTOR_MIN, 1]`` (one rule for training scenes and for micrographs at inference)."""
+    return float(min(1.0, max(SITE_FACTOR_MIN, float(spacing_px) / float(period_px))))
+
+
 def site_factor(a1, a2, motif, period_px: float) -> float:
     """The "sites" working-scale factor of a cell, the rule :func:`cyclegan.infer.site_spacing_factor` applies to a
     micrograph's cell average: the nearest spacing between motif sites at least :data:`SITE_MIN_HEIGHT` of the
-    strongest, over the period, clipped to ``[SITE_FACTOR_MIN, 1]``."""
+    strongest, over the period (:func:`clipped_site_factor`)."""
     top = max(float(m[2]) for m in motif)
     strong = [m for m in motif if float(m[2]) >= SITE_MIN_HEIGHT * top]
-    spacing = _nearest_spacing(a1, a2, strong)
-    return float(min(1.0, max(SITE_FACTOR_MIN, spacing / float(period_px))))
+    return clipped_site_factor(_nearest_spacing(a1, a2, strong), period_px)
 
 
 def _sites(shape, a1, a2, motif, origin, pad):

@@ -567,12 +567,10 @@ def simulate(params: SimParams | None = None, **overrides) -> SimResult:
     # defects; the vacuum around a nanoparticle
     u = rngs["defects"].random(len(pos))
     vac = u < p.vacancy_frac
-    vacuum = np.zeros(len(pos), dtype=bool)
     if p.particle_radius_frac is not None:
         centre = np.array([(h - 1) / 2.0 * yscale, (w - 1) / 2.0])
         radius = float(p.particle_radius_frac) * 0.5 * min(h, w)
-        vacuum = np.hypot(pos[:, 0] - centre[0], pos[:, 1] - centre[1]) > radius
-        vac = vac | vacuum
+        vac = vac | (np.hypot(pos[:, 0] - centre[0], pos[:, 1] - centre[1]) > radius)
     heavy = (u >= p.vacancy_frac) & (u < p.vacancy_frac + p.heavy_frac)
     light = (u >= p.vacancy_frac + p.heavy_frac) & (u < p.vacancy_frac + p.heavy_frac + p.light_frac)
     species_w = base_w * np.where(heavy, p.heavy_factor, 1.0) * np.where(light, p.light_factor, 1.0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cyclegan.infer import SITE_FACTOR_MIN, denoise_array, site_spacing_factor
+from cyclegan.infer import denoise_array, site_spacing_factor
+from cyclegan.synth import SITE_FACTOR_MIN
 from data_prep.simulate import simulate
 from stem_denoise.common.errors import InputError
 
