@@ -9,7 +9,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints-build.txt
 export PIP_BUILD_CONSTRAINT := $(CURDIR)/constraints-build.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast dashboard clean
+.PHONY: venv demo test dashboard clean
 
 venv: $(STAMP)
 

@@ -8,7 +8,10 @@ construction, and gains nothing by hiding noise.
 **The noise layer** (:func:`stem_noise`), in the clean image's units (a column peak = 1 above the floor): expected
 counts ``lam = dose * clean``; Poisson shot noise; Gaussian read noise; a causal moving-average filter along the
 fast-scan rows and then down the columns with lag-1 correlations ``corr_row`` / ``corr_col`` that keeps the
-variance (the detector's finite bandwidth, and what real frames show); per-row flyback offsets of std ``row_offset
+variance (the detector's finite bandwidth, and what real frames show); optional *scan streaks*, a long-range
+correlation along the fast-scan rows (a causal exponential filter of coefficient ``streak_coef`` per pixel carrying the
+fraction ``streak_weight`` of the variance: real frames recorded with a slow detector response show row correlations
+of 0.4-0.8 that decay over 5-10 px, which an MA(1) cannot make); per-row flyback offsets of std ``row_offset
 * mean(lam)`` (or ``row_offset_abs`` in the image's units). Its parameters are drawn per sample from
 :class:`NoiseRanges` (wide ranges for the shipped model) or around the noise models estimated on the user's own
 micrographs (:func:`data_prep.noise_model.estimate_noise`, stored in the data folder's manifest by
@@ -49,7 +52,8 @@ from stem_denoise.common.config import Config, Interval
 from stem_denoise.common.resample import resample_operator
 
 MARGIN_MODEL_PX = 4  # model px cut off every side after resampling (the resampler's mirrored border)
-CORR_LIMIT = 0.45  # the largest |lag-1 correlation| of the noise layer
+CORR_LIMIT = 0.45  # the largest |lag-1 correlation| of the noise layer's MA(1) filters
+STREAK_COEF_LIMIT = 0.97  # the largest per-pixel decay of the scan-streak filter
 
 
 class NoiseRanges(Config):
@@ -58,7 +62,9 @@ class NoiseRanges(Config):
     ``dose``: counts at a column peak; ``read_noise``: counts std; ``corr_row``/``corr_col``: lag-1 correlations
     along the rows / down the columns (|value| <= 0.45); ``white_frac``: fraction of samples with uncorrelated noise;
     ``row_offset``: per-row offset std as a fraction of the mean counts; ``clean_frac``: fraction of samples left
-    noise-free (the identity term G(b) = b).
+    noise-free (the identity term G(b) = b); ``streak_frac``: fraction of the correlated samples that also get scan
+    streaks, with ``streak_weight`` (share of the variance) and ``streak_coef`` (per-pixel decay) drawn from their
+    ranges (0: none, and no random numbers are drawn for them, so older runs resume exactly).
     """
 
     dose: Interval(gt=0.0) = (1.0, 60.0)
@@ -68,6 +74,9 @@ class NoiseRanges(Config):
     white_frac: float = Field(0.25, ge=0.0, le=1.0)
     row_offset: Interval(ge=0.0) = (0.0, 0.04)
     clean_frac: float = Field(0.05, ge=0.0, le=1.0)
+    streak_frac: float = Field(0.0, ge=0.0, le=1.0)
+    streak_weight: Interval(0.0, 1.0) = (0.2, 0.9)
+    streak_coef: Interval(0.0, STREAK_COEF_LIMIT) = (0.5, 0.95)
 
 
 def _u(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -82,8 +91,14 @@ def draw_noise(gen: torch.Generator, ranges: NoiseRanges) -> dict:
     white = torch.rand((), generator=gen).item() < ranges.white_frac
     cr = 0.0 if white else _u(gen, *ranges.corr_row)
     cc = 0.0 if white else _u(gen, *ranges.corr_col)
-    return {"dose": dose, "read_noise": _u(gen, *ranges.read_noise), "corr_row": cr, "corr_col": cc,
-            "row_offset": _u(gen, *ranges.row_offset), "clean": bool(clean)}
+    out = {"dose": dose, "read_noise": _u(gen, *ranges.read_noise), "corr_row": cr, "corr_col": cc,
+           "row_offset": _u(gen, *ranges.row_offset), "clean": bool(clean)}
+    if ranges.streak_frac > 0:
+        streaky = torch.rand((), generator=gen).item() < ranges.streak_frac and not white
+        weight, coef = _u(gen, *ranges.streak_weight), _u(gen, *ranges.streak_coef)
+        if streaky:
+            out.update(streak_weight=weight, streak_coef=coef)
+    return out
 
 
 def _clip_corr(rho: float) -> float:
@@ -114,6 +129,34 @@ def _ma1(e: torch.Tensor, rho: float, dim: int) -> torch.Tensor:
     return _ma1_apply(e, c, math.sqrt(1.0 + c * c), dim)
 
 
+@functools.lru_cache(maxsize=64)
+def _streak_taps(coef: float) -> torch.Tensor:
+    """Taps ``coef^k`` (k = 0.. until below 1 %, at most 128) of the causal streak filter, unit sum of squares, as a
+    conv1d weight (1, 1, K) flipped so that tap k weighs the sample k pixels back."""
+    n = 1 if coef <= 0 else min(128, int(math.ceil(math.log(0.01) / math.log(coef))) + 1)
+    taps = torch.tensor([coef ** k for k in range(n)], dtype=torch.float64)
+    taps = taps / torch.sqrt((taps * taps).sum())
+    return taps.flip(0).to(torch.float32).view(1, 1, -1)
+
+
+def scan_streaks(e: torch.Tensor, weight, coef: float) -> torch.Tensor:
+    """Noise ``e`` (..., H, W) with a share ``weight`` of its variance replaced by its causal exponential filter along
+    the rows (``coef`` per pixel): ``(sqrt(1 - w) e + sqrt(w) (h * e)) / norm``, ``h`` of unit energy and ``norm``
+    such that the variance of white noise is kept (its lag-1 correlation along the rows becomes about 0.45 at
+    w = 0.5, coef = 0.9 and 0.68 at w = 0.8, coef = 0.93; nothing changes down the columns). ``weight`` may be a
+    tensor (differentiable); ``coef`` is a plain number."""
+    if float(weight) <= 0 or coef <= 0:
+        return e
+    taps = _streak_taps(float(coef)).to(e.device, e.dtype)
+    rows = e.reshape(-1, 1, e.shape[-1])
+    smooth = torch.nn.functional.conv1d(torch.nn.functional.pad(rows, (taps.shape[-1] - 1, 0)), taps)
+    smooth = smooth.reshape(e.shape)
+    w = weight if isinstance(weight, torch.Tensor) else torch.tensor(float(weight))
+    a, b = torch.sqrt(1.0 - w), torch.sqrt(w)
+    norm = torch.sqrt(1.0 + 2.0 * a * b * float(taps[0, 0, -1]))  # cross term: e_t meets itself in tap 0
+    return (a * e + b * smooth) / norm
+
+
 def log_uniform(gen: torch.Generator, lo: float, hi: float) -> float:
     """A value drawn log-uniformly from [lo, hi] (both > 0) with ``gen``."""
     return math.exp(_u(gen, math.log(lo), math.log(hi)))
@@ -134,6 +177,7 @@ def stem_noise(clean: torch.Tensor, params: dict, gen: torch.Generator) -> torch
     e = counts - lam
     if params.get("read_noise", 0.0) > 0:
         e = e + float(params["read_noise"]) * torch.randn(lam.shape, generator=gen)
+    e = scan_streaks(e, float(params.get("streak_weight", 0.0)), float(params.get("streak_coef", 0.0)))
     e = _ma1(e, float(params.get("corr_row", 0.0)), dim=-1)
     e = _ma1(e, float(params.get("corr_col", 0.0)), dim=-2)
     ro = float(params.get("row_offset", 0.0))
@@ -457,6 +501,7 @@ class NoiseRefiner(nn.Module):
             lam = (clean - off).clamp_min(0.0) * p["dose"]
             var = lam + p["read_noise"] ** 2
             e = torch.sqrt(var.clamp_min(1e-12)) * smp.eps.to(dev, torch.float32)
+            e = scan_streaks(e, float(smp.params.get("streak_weight", 0.0)), float(smp.params.get("streak_coef", 0.0)))
             e = _ma1_soft(e, p["corr_row"], dim=-1)
             e = _ma1_soft(e, p["corr_col"], dim=-2)
             noisy = torch.maximum(clean, torch.full_like(clean, off)) + e / p["dose"]

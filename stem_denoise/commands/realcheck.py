@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "scale, as denoise.py --period would; default 1)")
     p.add_argument("--working-scale", choices=("cell", "sites"), default=None,
                    help="the CycleGAN's working scale (see denoise.py --working-scale; default: the model's own)")
+    p.add_argument("--noise-free", action="store_true",
+                   help="run the methods on each frame's unit-cell average tiled over its lattice instead of the "
+                        "frame: what a method's prior does to the columns without any noise")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p
 
@@ -98,7 +101,8 @@ def main(argv=None) -> int:
     print(f"{len(frames)} frame(s) x {len(methods)} method(s): {', '.join(m.name for m in methods)}")
     if not (0.05 <= args.period_factor <= 20):
         raise InputError(f"--period-factor must be between 0.05 and 20, got {args.period_factor}")
-    result = run_realcheck(frames, methods, args.out, skipped=skipped, period_factor=args.period_factor)
+    result = run_realcheck(frames, methods, args.out, skipped=skipped, period_factor=args.period_factor,
+                           noise_free=args.noise_free)
     for key in ("csv", "markdown"):
         print(f"wrote {result['paths'][key]}")
     print(f"wrote {len(result['paths']['figures'])} figure panel(s) in {args.out}")

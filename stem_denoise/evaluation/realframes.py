@@ -391,6 +391,23 @@ def cell_average(image, lattice=None, *, period_px: float | None = None, samples
     return CellAverage(average=_average_on(img, geom), geometry=geom, n_cells=geom.n_cells)
 
 
+def tiled_cell_average(image, lattice=None) -> np.ndarray:
+    """A noise-free stand-in for a real frame: its unit-cell average (:func:`cell_average`, noise averaged away,
+    every site at its measured height and shape) repeated over the frame's global lattice (cubic, periodic; the
+    local shifts are not reproduced), same shape and units as ``image``. A denoiser run on it shows what its prior
+    does to the frame's columns without any noise: a weak site pushed towards the background there is the prior's
+    doing, not the noise's (``realcheck.py --noise-free``). ``lattice`` as for :func:`cell_average`."""
+    img = as_real_image(image, "tiled_cell_average image")
+    ca = cell_average(img, lattice)
+    g = ca.geometry
+    rows, cols = np.mgrid[0:img.shape[0], 0:img.shape[1]].astype(float)
+    d = np.stack([rows.ravel() - g.origin[0], cols.ravel() - g.origin[1]])
+    frac = np.linalg.solve(np.stack([g.a1, g.a2], axis=1), d)
+    coords = [(frac[0] % 1.0) * g.n1, (frac[1] % 1.0) * g.n2]
+    tiled = ndimage.map_coordinates(ca.average, coords, order=3, mode="grid-wrap")
+    return tiled.reshape(img.shape).astype(img.dtype, copy=False)
+
+
 # ------------------------------------------------------------------------------------------------ sites
 
 def _torus_prominence(a: np.ndarray) -> np.ndarray:
@@ -1048,7 +1065,7 @@ def output_paths(out_dir, frames) -> list:
 
 
 def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS, log=print,
-                  period_factor: float = 1.0) -> dict:
+                  period_factor: float = 1.0, noise_free: bool = False) -> dict:
     """Run every method on every real frame, score each output with :func:`real_frame_metrics` (the cell geometry
     and column spacing measured once per raw frame) and :func:`check_real_frame`, and write
     ``real_results.csv``, ``real_results.md`` and ``real_<frame>.png`` into ``out_dir``.
@@ -1057,8 +1074,9 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
     spacing
     (px), whose ``lattice_period_px`` (what the CycleGAN resamples by, as ``denoise.py`` would) is the measured
     lattice period times ``period_factor``, and whose pixel size is the file's. A method that raises is recorded
-    and the others still run; so is a frame without a measurable lattice. Returns ``{"rows", "errors",
-    "skipped", "paths", "frames"}``.
+    and the others still run; so is a frame without a measurable lattice. ``noise_free``: every frame is replaced
+    by its :func:`tiled_cell_average` first (what the methods do to the frame's columns without noise). Returns
+    ``{"rows", "errors", "skipped", "paths", "frames"}``.
     """
     import time
 
@@ -1078,6 +1096,8 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
             raw = np.ascontiguousarray(raw, dtype=np.float32)
             pixel_pm = meta.pixel_size_in("pm")
             t0 = time.perf_counter()
+            if noise_free:
+                raw = tiled_cell_average(raw)
             geom = cell_geometry(raw)
             base = real_frame_metrics(raw, raw, lattice=geom, pixel_size_pm=pixel_pm)
         except InputError as exc:
@@ -1093,7 +1113,8 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
             "raw_hp_corr_row": base["raw_hp_corr_row"], "raw_hp_corr_col": base["raw_hp_corr_col"],
             "bond_spread_pm_raw": base.get("bond_spread_pm_raw"),
         }
-        log(f"{name}: {raw.shape[0]}x{raw.shape[1]} px, {frame_desc[name]['lattice']}, {lat['n_cells']} cells, "
+        log(f"{name}{' (noise-free: tiled cell average)' if noise_free else ''}: {raw.shape[0]}x{raw.shape[1]} px, "
+            f"{frame_desc[name]['lattice']}, {lat['n_cells']} cells, "
             f"column spacing {base['period_px']:.2f} px ({time.perf_counter() - t0:.1f} s)")
         outputs = {}
         frame_rows = []

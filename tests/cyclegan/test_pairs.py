@@ -91,6 +91,37 @@ def test_make_pair_clean_sample_is_identity_and_normalised_like_inference():
     assert -0.2 < float(x.min()) < 0.2 and 0.8 < float(np.percentile(x.numpy(), 99.9)) < 1.3
 
 
+@pytest.mark.parametrize("weight,coef", [(0.5, 0.9), (0.85, 0.93)])
+def test_scan_streaks_correlate_the_rows_far_and_keep_the_variance(weight, coef):
+    clean = torch.full((256, 512), 1.0)
+    g = torch.Generator().manual_seed(4)
+    r = ((stem_noise(clean, {"dose": 20.0, "streak_weight": weight, "streak_coef": coef}, g) - clean) * 20.0).numpy()
+    assert r.var() == pytest.approx(20.0, rel=0.05)  # Poisson variance kept
+    v = r.var()
+    lags = [float((r[:, k:] * r[:, :-k]).mean() / v) for k in (1, 2, 4, 8)]
+    assert lags[0] > 0.4 and lags[3] > 0.15  # correlated far along the rows, unlike an MA(1) (0 beyond lag 1)
+    assert lags[0] > lags[1] > lags[2] > lags[3]  # decaying with distance
+    assert abs(_lag1(r, 0)) < 0.03  # not down the columns
+    # a model of a real frame's profile: weight 0.85, coef 0.93 gives about 0.7 at lag 1 and 0.4 at lag 8
+    if weight == 0.85:
+        assert lags[0] == pytest.approx(0.71, abs=0.05) and lags[3] == pytest.approx(0.42, abs=0.05)
+
+
+def test_streaks_are_drawn_only_when_asked_and_leave_older_draws_unchanged():
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    plain = [draw_noise(g1, NoiseRanges()) for _ in range(50)]
+    assert not any("streak_weight" in d for d in plain)
+    # the draws of a run without streaks do not depend on the streak ranges (older runs resume exactly)
+    assert plain == [draw_noise(g2, NoiseRanges(streak_weight=(0.1, 0.2), streak_coef=(0.3, 0.4)))
+                     for _ in range(50)]
+    g = torch.Generator().manual_seed(6)
+    draws = [draw_noise(g, NoiseRanges(streak_frac=0.5, white_frac=0.2)) for _ in range(400)]
+    streaky = [d for d in draws if "streak_weight" in d]
+    assert 0.3 < len(streaky) / len(draws) < 0.5  # half of the correlated 80 %
+    assert all(0.2 <= d["streak_weight"] <= 0.9 and 0.5 <= d["streak_coef"] <= 0.95 for d in streaky)
+    assert all(d["corr_row"] != 0.0 or d["corr_col"] != 0.0 for d in streaky)  # never on a white sample
+
+
 def test_draw_noise_respects_ranges():
     ranges = NoiseRanges(dose=(2.0, 8.0), read_noise=(0.1, 0.2), white_frac=0.0, clean_frac=0.0)
     g = torch.Generator().manual_seed(0)

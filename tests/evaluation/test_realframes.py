@@ -22,6 +22,7 @@ from stem_denoise.evaluation.realframes import (
     cell_sites,
     check_real_frame,
     real_frame_metrics,
+    tiled_cell_average,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,48 @@ def test_deleting_the_weak_sublattice_fails_the_site_check(perovskite):
     weak = min(m["sites"], key=lambda s: s["h_raw"])
     assert 0.2 < weak["h_raw"] < 0.6 and weak["h_out"] < 0.5 * weak["h_raw"]
     assert m["n_columns_out"] < 0.6 * m["n_columns_raw"]  # and the count check sees the lost columns
+
+
+def test_tiled_cell_average_is_the_noise_free_lattice_with_every_site(perovskite):
+    res, no_b, raw, avg = perovskite
+    tiled = tiled_cell_average(raw)
+    assert tiled.shape == raw.shape and tiled.dtype == raw.dtype
+    truth = res.truth.astype(np.float64)
+    # the simulated truth has a slow background and vacancies the average cannot hold; the lattice itself is there
+    assert np.corrcoef(tiled.ravel(), truth.ravel())[0, 1] > 0.95
+    assert (tiled - truth).std() < 0.35 * (raw - truth).std()  # the noise averaged away
+    # both sites at their raw-frame heights, on the tiled frame's own cells
+    sites = cell_sites(avg.average)
+    t_avg = cell_average(tiled)
+    t_sites = cell_sites(t_avg.average)
+    assert len(t_sites) == len(sites) == 2
+    from stem_denoise.evaluation.realframes import relative_heights
+
+    assert np.allclose(np.sort(relative_heights(t_avg.average, t_sites)),
+                       np.sort(relative_heights(avg.average, sites)), atol=0.05)
+    # a filter that deletes the weak sublattice fails the site check on the noise-free frame too
+    b_only = ndimage.gaussian_filter(truth - no_b.truth, 0.5)
+    m = _metrics(tiled, tiled - b_only * (tiled.max() - tiled.min()) / (truth.max() - truth.min()), t_avg.geometry)
+    assert not check_real_frame(m)["pass"] and m["site_height_max_rel_err"] > 0.4
+
+
+def test_realcheck_noise_free_runs_on_the_tiled_average(tmp_path, capsys):
+    folder = _real_folder(tmp_path, "small", 160, seed=1, lattice="perovskite")
+    script = _load_script()
+    assert script.main(["--real", str(folder), "--out", str(tmp_path / "nf"), "--methods", "noisy,gaussian_2px",
+                        "--noise-free"]) == 0
+    assert "noise-free: tiled cell average" in capsys.readouterr().out
+    with open(tmp_path / "nf" / "real_results.csv") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert rows["noisy"]["pass"] == "1"
+    # the tiled frame holds the frame's columns (the same count within 5 %) and no noise: its residual after a
+    # Gaussian is lattice only, so the residual's row correlation is far above the noisy frame's
+    assert script.main(["--real", str(folder), "--out", str(tmp_path / "raw"), "--methods", "noisy,gaussian_2px"]) == 0
+    with open(tmp_path / "raw" / "real_results.csv") as fh:
+        raw_rows = {r["method"]: r for r in csv.DictReader(fh)}
+    n_nf, n_raw = int(rows["noisy"]["n_columns_raw"]), int(raw_rows["noisy"]["n_columns_raw"])
+    assert abs(n_nf - n_raw) <= 0.05 * n_raw
+    assert float(rows["gaussian_2px"]["resid_corr_row"]) > float(raw_rows["gaussian_2px"]["resid_corr_row"]) + 0.15
 
 
 def test_heavy_blur_leaves_lattice_power_in_the_residual(perovskite):
