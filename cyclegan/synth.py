@@ -141,13 +141,14 @@ def _sites(shape, a1, a2, motif, origin, pad):
     m1, n1 = np.ceil(mn.max(0)).astype(int) + 1
     mm, nn = np.meshgrid(np.arange(m0, m1 + 1), np.arange(n0, n1 + 1), indexing="ij")
     mm, nn = mm.ravel().astype(float), nn.ravel().astype(float)
-    pos, hgt = [], []
-    for f1, f2, ht in motif:
+    pos, hgt, sid = [], [], []
+    for k, (f1, f2, ht) in enumerate(motif):
         q = origin + np.outer(mm + f1, a1) + np.outer(nn + f2, a2)
         keep = (q[:, 0] > -pad) & (q[:, 0] < h + pad) & (q[:, 1] > -pad) & (q[:, 1] < w + pad)
         pos.append(q[keep])
         hgt.append(np.full(int(keep.sum()), ht))
-    return np.concatenate(pos), np.concatenate(hgt)
+        sid.append(np.full(int(keep.sum()), k))
+    return np.concatenate(pos), np.concatenate(hgt), np.concatenate(sid)
 
 
 def _profile(dy, dx, sigma, tail, tail_frac, ellip, ell_angle):
@@ -212,6 +213,22 @@ def _smooth_field(shape, rng, scale_px: float) -> np.ndarray:
 
 
 SIMPLE_KINDS = ("square", "rect", "hex")
+BROAD_SHARE = 0.6  # share of the "broad" family's multi-site scenes whose weak sites are broader
+BROAD_WIDTH = (1.3, 2.2)  # their width over the strong sites' width
+BROAD_BELOW = 0.7  # "weak": below this fraction of the strongest site
+
+
+def site_widths(motif, rng: np.random.Generator, family: str = "full") -> np.ndarray:
+    """Width factor of each motif site's probe (1: the scene's own width). Only ``family="broad"`` draws anything:
+    in :data:`BROAD_SHARE` of its multi-site scenes every site below :data:`BROAD_BELOW` of the strongest is
+    :data:`BROAD_WIDTH` times broader (its own factor)."""
+    widths = np.ones(len(motif))
+    if family != "broad" or len(motif) < 2:
+        return widths
+    heights = np.array([float(m[2]) for m in motif])
+    broad = rng.random() < BROAD_SHARE
+    factors = rng.uniform(*BROAD_WIDTH, len(motif))
+    return np.where(broad & (heights < BROAD_BELOW * heights.max()), factors, widths)
 
 
 def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: str | None = None, *,
@@ -220,6 +237,9 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
 
     ``family="simple"`` (an ablation: what a prior learned from one kind of round, equal column looks like) draws
     only one-site square, rectangular and hexagonal lattices with round Gaussian probes and equal columns.
+    ``family="broad"``: the full family, where in 60 % of the scenes the weak motif sites (below 0.7 of the
+    strongest) are broader than the strong ones (their width times 1.3-2.2: light columns that show as low, diffuse
+    glows, as DyScO3's do); "full" draws exactly what it drew before this option existed.
     """
     p = float(period_px)
     simple = family == "simple"
@@ -237,7 +257,8 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
     tail_frac = 0.0 if (simple or rng.random() < 0.5) else rng.uniform(0.05, 0.25)
     tail = sigma * rng.uniform(1.5, 3.0)
     origin = rng.uniform(0, 1, 2) * np.array([p, p])
-    pos, hgt = _sites(shape, a1, a2, motif, origin, pad=4 * sigma + 3 * tail)
+    widths = site_widths(motif, rng, family)
+    pos, hgt, sid = _sites(shape, a1, a2, motif, origin, pad=(4 * sigma + 3 * tail) * float(widths.max()))
     if rng.random() < 0.5:
         pos = pos + rng.normal(0, rng.uniform(0.0, 0.03) * p, pos.shape)
     # per-column variation: vacancies, heavier/lighter columns, small random spread
@@ -248,7 +269,7 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
         hgt = hgt * np.where((u > 0.85) & (u <= 0.9), rng.uniform(0.4, 0.8), 1.0)
     hgt = hgt * rng.normal(1.0, rng.uniform(0, 0.06), len(pos)).clip(0.7, 1.3)
     keep = ~vac
-    pos, hgt = pos[keep], hgt[keep]
+    pos, hgt, sid = pos[keep], hgt[keep], sid[keep]
     # thickness map: dents (thinner regions) and ramps, sampled at the columns and as a field
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
     thick = np.ones(shape)
@@ -278,11 +299,18 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
         iy = np.clip(np.round(pos[:, 0]).astype(int), 0, shape[0] - 1)
         ix = np.clip(np.round(pos[:, 1]).astype(int), 0, shape[1] - 1)
         inside = ~vacuum[iy, ix]
-        pos, hgt = pos[inside], hgt[inside]
+        pos, hgt, sid = pos[inside], hgt[inside], sid[inside]
     iy = np.clip(np.round(pos[:, 0]).astype(int), 0, shape[0] - 1)
     ix = np.clip(np.round(pos[:, 1]).astype(int), 0, shape[1] - 1)
     amp = hgt * thick[iy, ix]
-    img = _stamp(shape, pos, amp, sigma, tail, tail_frac, ellip, rng.uniform(0, math.pi))
+    ell_angle = rng.uniform(0, math.pi)
+    if np.all(widths == 1.0):
+        img = _stamp(shape, pos, amp, sigma, tail, tail_frac, ellip, ell_angle)
+    else:  # sites of their own widths, stamped group by group
+        img = np.zeros(shape)
+        for k, wf in enumerate(widths):
+            sel = sid == k
+            img += _stamp(shape, pos[sel], amp[sel], sigma * wf, tail * wf, tail_frac, ellip, ell_angle)
     # normalise so that the strongest motif site of a nominal cell peaks at 1
     peak = _stamp((int(6 * sigma + 6 * tail) + 9,) * 2, np.array([[0.5 * (int(6 * sigma + 6 * tail) + 8)] * 2]),
                   np.array([1.0]), sigma, tail, tail_frac, ellip, 0.0).max()

@@ -174,6 +174,26 @@ def test_synthetic_batches_are_a_pure_function_of_seed_step_rank():
     assert not torch.equal(x1, x3)
 
 
+def test_broad_family_widens_only_the_weak_sites_and_full_draws_nothing():
+    from cyclegan.synth import BROAD_BELOW, BROAD_WIDTH, render_scene, site_widths
+
+    motif = [(0, 0, 1.0), (0.5, 0.5, 0.4), (0.5, 0, 0.9)]
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert np.array_equal(site_widths(motif, rng, "full"), np.ones(3))
+    assert rng.bit_generator.state == state  # the full family's scenes are drawn exactly as before
+    draws = np.array([site_widths(motif, rng, "broad") for _ in range(300)])
+    assert np.all(draws[:, [0, 2]] == 1.0)  # the strong sites (1.0 and 0.9 >= 0.7 of the strongest) keep the width
+    widened = draws[:, 1] > 1.0
+    assert 0.5 < widened.mean() < 0.7  # in about 60 % of the scenes
+    assert np.all((draws[widened, 1] >= BROAD_WIDTH[0]) & (draws[widened, 1] <= BROAD_WIDTH[1]))
+    assert np.array_equal(site_widths([(0, 0, 1.0)], rng, "broad"), [1.0]) and 0.4 < BROAD_BELOW
+    # a broad perovskite renders (its sites stamped group by group), the same for the same seed
+    a = render_scene(np.random.default_rng(3), 20.0, 160, "perovskite", family="broad")
+    b = render_scene(np.random.default_rng(3), 20.0, 160, "perovskite", family="broad")
+    assert np.array_equal(a.image, b.image) and np.isfinite(a.image).all() and a.image.max() > 0.5
+
+
 def test_simple_scene_family_has_only_round_equal_one_site_columns():
     from cyclegan.synth import SIMPLE_KINDS
 
