@@ -568,15 +568,14 @@ def build_methods(cfg: BenchConfig, *, log=print) -> tuple[list[Method], list[st
         elif name == "cyclegan":
             if cfg.checkpoint is None:
                 skipped.append("cyclegan: no --checkpoint given")
-                continue
-            methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta))
-            if cfg.sites_scale:
-                methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta, name="cyclegan_sites",
-                                               label="CycleGAN, sites working scale (stitched)",
-                                               working_scale="sites"))
-            for lab, path in cfg.compare:
-                methods.append(cyclegan_method(path, device=cfg.device, tta=cfg.tta, name=f"cyclegan_{lab}",
-                                               label=f"CycleGAN {lab} (stitched)"))
+            else:
+                methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta))
+                if cfg.sites_scale:
+                    methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta,
+                                                   name="cyclegan_sites",
+                                                   label="CycleGAN, sites working scale (stitched)",
+                                                   working_scale="sites"))
+            methods.extend(_compared(cfg))
         elif name == "dip":
             if not cfg.dip:
                 skipped.append("dip: disabled (--no-dip)")
@@ -598,7 +597,15 @@ def build_methods(cfg: BenchConfig, *, log=print) -> tuple[list[Method], list[st
                 methods.append(m)
         elif name == "supervised":
             methods.append(supervised_method(prepare_supervised(cfg, log=log), device=cfg.device, tta=cfg.tta))
+    if "cyclegan" not in wanted:
+        methods.extend(_compared(cfg))  # --compare models run even when the cyclegan method is not asked for
     return methods, skipped
+
+
+def _compared(cfg: BenchConfig) -> list[Method]:
+    """The ``--compare`` generator exports, each at its own working scale."""
+    return [cyclegan_method(path, device=cfg.device, tta=cfg.tta, name=f"cyclegan_{lab}",
+                            label=f"CycleGAN {lab} (stitched)") for lab, path in cfg.compare]
 
 
 def prepare_supervised(cfg: BenchConfig, *, log=print) -> Path:

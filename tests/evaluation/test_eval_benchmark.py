@@ -195,3 +195,20 @@ def test_aggregate_and_bold_best():
     table = "\n".join(_format_table(agg))
     assert "**25.00**" in table and "**0.900**" in table and "**1/4**" in table
     assert "**0/4**" not in table  # the noisy input is a reference, never bold
+
+
+def test_compared_models_run_with_or_without_the_cyclegan_method(tmp_path):
+    from cyclegan.checkpoint import export_generator
+    from cyclegan.models import GeneratorConfig, build_generator
+
+    gcfg = GeneratorConfig(width=4, n_blocks=1)
+    path = tmp_path / "other.pt"
+    export_generator(path, build_generator(gcfg), gcfg, {"patch_px": 64, "atoms_per_patch": 5, "period_px": 12.8,
+                                                          "direction": "A2B"})
+    alone, skipped = B.build_methods(B.BenchConfig(out_dir=tmp_path, methods=("noisy",), compare=(("x", path),)))
+    assert [m.name for m in alone] == ["noisy", "cyclegan_x"] and skipped == []  # was silently dropped before
+    both, skipped = B.build_methods(B.BenchConfig(out_dir=tmp_path, methods=("noisy", "cyclegan"), checkpoint=path,
+                                                  compare=(("x", path),)))
+    assert [m.name for m in both] == ["noisy", "cyclegan", "cyclegan_x"]  # once, after the main model
+    no_ckpt, skipped = B.build_methods(B.BenchConfig(out_dir=tmp_path, methods=("cyclegan",), compare=(("x", path),)))
+    assert [m.name for m in no_ckpt] == ["cyclegan_x"] and skipped == ["cyclegan: no --checkpoint given"]
