@@ -1146,7 +1146,8 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
                 f"{'pass' if verdict['pass'] else 'FAIL'}  ({elapsed:.1f} s)")
         rows.extend(frame_rows)
         fig_path = out / f"real_{name}.png"
-        real_frame_panel(name, raw, outputs, geom, frame_rows, fig_path, thresholds=thresholds)
+        title = f"{name} (noise-free: its tiled cell average)" if noise_free else name
+        real_frame_panel(title, raw, outputs, geom, frame_rows, fig_path, thresholds=thresholds)
         figures.append(str(fig_path))
     csv_path, md_path = out / "real_results.csv", out / "real_results.md"
     write_real_csv(rows, csv_path)
