@@ -139,22 +139,21 @@ def _streak_taps(coef: float) -> torch.Tensor:
     return taps.flip(0).to(torch.float32).view(1, 1, -1)
 
 
-def scan_streaks(e: torch.Tensor, weight, coef: float) -> torch.Tensor:
-    """Noise ``e`` (..., H, W) with a share ``weight`` of its variance replaced by its causal exponential filter along
-    the rows (``coef`` per pixel): ``(sqrt(1 - w) e + sqrt(w) (h * e)) / norm``, ``h`` of unit energy and ``norm``
-    such that the variance of white noise is kept (its lag-1 correlation along the rows becomes about 0.45 at
-    w = 0.5, coef = 0.9 and 0.68 at w = 0.8, coef = 0.93; nothing changes down the columns). ``weight`` may be a
-    tensor (differentiable); ``coef`` is a plain number."""
-    if float(weight) <= 0 or coef <= 0:
+def scan_streaks(e: torch.Tensor, params: dict) -> torch.Tensor:
+    """Noise ``e`` (..., H, W) with a share ``w = params["streak_weight"]`` of its variance replaced by its causal
+    exponential filter along the rows (``params["streak_coef"]`` per pixel): ``(sqrt(1 - w) e + sqrt(w) (h * e)) /
+    norm``, ``h`` of unit energy and ``norm`` such that the variance of white noise is kept (its lag-1 correlation
+    along the rows becomes about 0.45 at w = 0.5, coef = 0.9 and 0.68 at w = 0.8, coef = 0.93; nothing changes down
+    the columns). Without those keys (or at 0) ``e`` is returned as it is."""
+    w, coef = float(params.get("streak_weight", 0.0)), float(params.get("streak_coef", 0.0))
+    if w <= 0 or coef <= 0:
         return e
-    taps = _streak_taps(float(coef)).to(e.device, e.dtype)
+    taps = _streak_taps(coef).to(e.device, e.dtype)
     rows = e.reshape(-1, 1, e.shape[-1])
     smooth = torch.nn.functional.conv1d(torch.nn.functional.pad(rows, (taps.shape[-1] - 1, 0)), taps)
-    smooth = smooth.reshape(e.shape)
-    w = weight if isinstance(weight, torch.Tensor) else torch.tensor(float(weight))
-    a, b = torch.sqrt(1.0 - w), torch.sqrt(w)
-    norm = torch.sqrt(1.0 + 2.0 * a * b * float(taps[0, 0, -1]))  # cross term: e_t meets itself in tap 0
-    return (a * e + b * smooth) / norm
+    a, b = math.sqrt(1.0 - w), math.sqrt(w)
+    norm = math.sqrt(1.0 + 2.0 * a * b * float(taps[0, 0, -1]))  # cross term: e_t meets itself in tap 0
+    return (a * e + b * smooth.reshape(e.shape)) / norm
 
 
 def log_uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -177,7 +176,7 @@ def stem_noise(clean: torch.Tensor, params: dict, gen: torch.Generator) -> torch
     e = counts - lam
     if params.get("read_noise", 0.0) > 0:
         e = e + float(params["read_noise"]) * torch.randn(lam.shape, generator=gen)
-    e = scan_streaks(e, float(params.get("streak_weight", 0.0)), float(params.get("streak_coef", 0.0)))
+    e = scan_streaks(e, params)
     e = _ma1(e, float(params.get("corr_row", 0.0)), dim=-1)
     e = _ma1(e, float(params.get("corr_col", 0.0)), dim=-2)
     ro = float(params.get("row_offset", 0.0))
@@ -501,7 +500,7 @@ class NoiseRefiner(nn.Module):
             lam = (clean - off).clamp_min(0.0) * p["dose"]
             var = lam + p["read_noise"] ** 2
             e = torch.sqrt(var.clamp_min(1e-12)) * smp.eps.to(dev, torch.float32)
-            e = scan_streaks(e, float(smp.params.get("streak_weight", 0.0)), float(smp.params.get("streak_coef", 0.0)))
+            e = scan_streaks(e, smp.params)
             e = _ma1_soft(e, p["corr_row"], dim=-1)
             e = _ma1_soft(e, p["corr_col"], dim=-2)
             noisy = torch.maximum(clean, torch.full_like(clean, off)) + e / p["dose"]

@@ -1113,8 +1113,8 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
             "raw_hp_corr_row": base["raw_hp_corr_row"], "raw_hp_corr_col": base["raw_hp_corr_col"],
             "bond_spread_pm_raw": base.get("bond_spread_pm_raw"),
         }
-        log(f"{name}{' (noise-free: tiled cell average)' if noise_free else ''}: {raw.shape[0]}x{raw.shape[1]} px, "
-            f"{frame_desc[name]['lattice']}, {lat['n_cells']} cells, "
+        shown = f"{name} (noise-free: tiled cell average)" if noise_free else name
+        log(f"{shown}: {raw.shape[0]}x{raw.shape[1]} px, {frame_desc[name]['lattice']}, {lat['n_cells']} cells, "
             f"column spacing {base['period_px']:.2f} px ({time.perf_counter() - t0:.1f} s)")
         outputs = {}
         frame_rows = []
@@ -1146,8 +1146,7 @@ def run_realcheck(frames, methods, out_dir, *, skipped=(), thresholds=THRESHOLDS
                 f"{'pass' if verdict['pass'] else 'FAIL'}  ({elapsed:.1f} s)")
         rows.extend(frame_rows)
         fig_path = out / f"real_{name}.png"
-        title = f"{name} (noise-free: its tiled cell average)" if noise_free else name
-        real_frame_panel(title, raw, outputs, geom, frame_rows, fig_path, thresholds=thresholds)
+        real_frame_panel(shown, raw, outputs, geom, frame_rows, fig_path, thresholds=thresholds)
         figures.append(str(fig_path))
     csv_path, md_path = out / "real_results.csv", out / "real_results.md"
     write_real_csv(rows, csv_path)
