@@ -106,7 +106,7 @@ class TrainConfig(Config):
     scale_jitter: float = Field(0.08, ge=0.0, le=0.5)
     period_range: Interval(2.0, 200.0) = (6.0, 40.0)
     bank_size: int = Field(600, ge=1, le=100000)
-    scene_family: Literal["full", "simple", "broad"] = "full"
+    scene_family: Literal["full", "simple", "broad", "rich"] = "full"
     noise: NoiseRanges = NoiseRanges()
     noise_source: Literal["auto", "ranges", "estimated"] = "auto"
     noise_spread: float = Field(0.3, ge=0.0, le=1.0)

@@ -216,6 +216,11 @@ SIMPLE_KINDS = ("square", "rect", "hex")
 BROAD_SHARE = 0.6  # share of the "broad" family's multi-site scenes whose weak sites are broader
 BROAD_WIDTH = (1.3, 2.2)  # their width over the strong sites' width
 BROAD_BELOW = 0.7  # "weak": below this fraction of the strongest site
+FAMILIES = ("full", "simple", "broad", "rich")
+GLOW_SHARE = 0.5  # share of the "rich" family's scenes with a structured background of glows and dips
+GLOW_COUNT = (1, 3)  # glows / dips per cell
+GLOW_HEIGHT = (-0.25, 0.3)  # their peak height (negative: a dip), relative to the strongest column
+GLOW_WIDTH = (1.5, 3.0)  # their width over the columns' probe width
 
 
 def site_widths(motif, rng: np.random.Generator, family: str = "full") -> np.ndarray:
@@ -223,12 +228,22 @@ def site_widths(motif, rng: np.random.Generator, family: str = "full") -> np.nda
     in :data:`BROAD_SHARE` of its multi-site scenes every site below :data:`BROAD_BELOW` of the strongest is
     :data:`BROAD_WIDTH` times broader (its own factor)."""
     widths = np.ones(len(motif))
-    if family != "broad" or len(motif) < 2:
+    if family not in ("broad", "rich") or len(motif) < 2:
         return widths
     heights = np.array([float(m[2]) for m in motif])
     broad = rng.random() < BROAD_SHARE
     factors = rng.uniform(*BROAD_WIDTH, len(motif))
     return np.where(broad & (heights < BROAD_BELOW * heights.max()), factors, widths)
+
+
+def _glows(shape, rng: np.random.Generator, a1, a2, origin, sigma: float) -> np.ndarray:
+    """A periodic layer of :data:`GLOW_COUNT` diffuse glows or dips per cell (the "rich" family's structured
+    background), round Gaussians of :data:`GLOW_WIDTH` times ``sigma`` and peaks in :data:`GLOW_HEIGHT`."""
+    n = int(rng.integers(GLOW_COUNT[0], GLOW_COUNT[1] + 1))
+    motif = [(float(rng.uniform(0, 1)), float(rng.uniform(0, 1)), float(rng.uniform(*GLOW_HEIGHT))) for _ in range(n)]
+    width = sigma * rng.uniform(*GLOW_WIDTH)
+    pos, hgt, _ = _sites(shape, a1, a2, motif, origin, pad=4 * width)
+    return _stamp(shape, pos, hgt, width, width, 0.0, 1.0, 0.0)
 
 
 def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: str | None = None, *,
@@ -239,7 +254,12 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
     only one-site square, rectangular and hexagonal lattices with round Gaussian probes and equal columns.
     ``family="broad"``: the full family, where in 60 % of the scenes the weak motif sites (below 0.7 of the
     strongest) are broader than the strong ones (their width times 1.3-2.2: light columns that show as low, diffuse
-    glows, as DyScO3's do); "full" draws exactly what it drew before this option existed.
+    glows, as DyScO3's do); "full" draws exactly what it drew before this option existed. ``family="rich"``: the
+    broad family, and in half of its scenes a structured background: 1-3 diffuse glows or dips per cell (1.5-3 times
+    the probe width, peak -0.25..0.3 of the strongest column, at random places in the cell, periodic like the
+    lattice, scaled by the thickness, absent in vacuum), so that faint broad features between the columns, dark
+    holes below the diffuse background included, are signal to keep, not noise to flatten (the broad family draws
+    the same scenes as before this option existed).
     """
     p = float(period_px)
     simple = family == "simple"
@@ -324,6 +344,8 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
     img += rng.uniform(0.0, 0.1) * (1 + _smooth_field(shape, rng, size / 3)) * 0.5
     if rng.random() < 0.3:
         img += rng.uniform(0.0, 0.06) * _smooth_field(shape, rng, rng.uniform(1.0, 3.0)) * specimen
+    if family == "rich" and rng.random() < GLOW_SHARE:
+        img += _glows(shape, rng, a1, a2, origin, sigma) * thick * specimen
     img = np.maximum(img, 0.0)
     return Scene(np.ascontiguousarray(img, dtype=np.float32), p, kind, factor)
 

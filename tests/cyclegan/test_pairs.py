@@ -194,6 +194,34 @@ def test_broad_family_widens_only_the_weak_sites_and_full_draws_nothing():
     assert np.array_equal(a.image, b.image) and np.isfinite(a.image).all() and a.image.max() > 0.5
 
 
+def test_rich_family_adds_a_periodic_layer_of_glows_and_dips_to_half_the_broad_scenes():
+    from cyclegan.synth import GLOW_HEIGHT, _glows
+
+    # the layer: periodic like the lattice, within the drawn heights, dips as well as glows over many draws
+    a1, a2 = np.array([16.0, 0.0]), np.array([0.0, 16.0])
+    lows, highs = [], []
+    for seed in range(12):
+        layer = _glows((96, 96), np.random.default_rng(seed), a1, a2, np.array([3.0, 5.0]), 1.5)
+        assert np.allclose(layer[16:80, 16:80], layer[32:96, 16:80], atol=1e-4)  # shifted by a1
+        assert np.allclose(layer[16:80, 16:80], layer[16:80, 32:96], atol=1e-4)  # shifted by a2
+        lows.append(layer.min())
+        highs.append(layer.max())
+    assert min(lows) < -0.05 and max(highs) > 0.05
+    assert max(abs(v) for v in lows + highs) <= 3 * max(abs(h) for h in GLOW_HEIGHT) + 1e-9
+    # the scene: the broad family's scene, with the layer added in about half of them (drawn last, so the rest of
+    # the scene is the broad one), absent where the specimen is vacuum
+    same = 0
+    for seed in range(24):
+        b = render_scene(np.random.default_rng(seed), 14.0, 120, "perovskite", family="broad").image
+        r = render_scene(np.random.default_rng(seed), 14.0, 120, "perovskite", family="rich").image
+        if np.array_equal(b, r):
+            same += 1
+        else:
+            diff = r - b
+            assert np.abs(diff).max() > 1e-3 and np.isfinite(r).all() and r.min() >= 0.0
+    assert 4 <= same <= 20
+
+
 def test_simple_scene_family_has_only_round_equal_one_site_columns():
     from cyclegan.synth import SIMPLE_KINDS
 
