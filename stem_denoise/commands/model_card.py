@@ -184,7 +184,8 @@ def render_card(card: dict, compare, train: dict, real_rows: list[dict], model: 
         "",
         "## How it was trained",
         "",
-        "`python scripts/train_default.py --out runs/default --install` (the `default` profile, objective "
+        "`python scripts/train_default.py --out runs/default --install` (the `default` profile with "
+        "`cyclegan.config.SHIPPED_RECIPE` laid over it, objective "
         f"`{cfgd.get('objective', 'stochastic')}`, clean source `{cfgd.get('clean_source', 'synthetic')}`): "
         f"{cfgd.get('steps', '?')} steps of {cfgd.get('batch_size', '?')} pairs of {cfgd.get('crop_px', '?')} px, "
         f"Adam lr {cfgd.get('lr', '?')}, generator width {cfgd.get('generator', {}).get('width', '?')}, "
@@ -196,16 +197,22 @@ def render_card(card: dict, compare, train: dict, real_rows: list[dict], model: 
         "honeycomb with unequal sublattices, dumbbells and random 2-4-site motifs; native periods "
         f"{cfgd.get('period_range', ['?', '?'])[0]}-{cfgd.get('period_range', ['?', '?'])[1]} px; Gaussian, "
         "tailed and elliptical probes; vacancies, heavier/lighter columns, dents, ramps, slow backgrounds, "
-        "amorphous texture, vacuum regions and particles.",
+        "amorphous texture, vacuum regions and particles; scene family "
+        f"`{cfgd.get('scene_family', 'full')}`"
+        + (" (weak sites broader than strong ones in 60 % of the multi-site scenes, and in half of the scenes a "
+           "periodic layer of diffuse glows and dips between the columns)." if cfgd.get("scene_family") == "rich"
+           else "."),
         "- **Noise** (`cyclegan/pairs.py`, fresh at every step): Poisson at "
         f"{cfgd.get('noise', {}).get('dose', ['?', '?'])} counts per column peak (log-uniform), read noise, "
-        "lag-1 correlations along rows / down columns, per-row offsets, a share of white noise and of noise-free "
-        "pairs (identity); added at the native scale and passed through the inference resampler (scale in the "
-        "loop).",
+        "lag-1 correlations along rows / down columns, per-row offsets, a share of white noise and a "
+        f"{cfgd.get('noise', {}).get('clean_frac', '?')} share of noise-free pairs (identity); added at the "
+        "native scale and passed through the inference resampler (scale in the loop).",
         f"- **Wall time and hardware**: {_fmt(train.get('log_wall_s'), '{:.0f}')} s of training logged "
         f"({_fmt((train.get('log_wall_s') or 0) / 60, '{:.1f}')} min), median "
         f"{_fmt(train.get('median_images_per_s'), '{:.1f}')} images/s, {summ.get('device', 'cpu')}, "
-        f"{summ.get('torch_threads', '?')} torch thread(s), float32 (the CPU has no native bf16).",
+        f"{summ.get('torch_threads', '?')} torch thread(s), "
+        + (f"{summ['precision']} arithmetic." if summ.get("precision") else
+           "precision auto (bf16 autocast where the CPU has native bf16, float32 elsewhere; not recorded by the run)."),
         "",
         "![training curve](curve.png)",
         "",

@@ -5,12 +5,14 @@
     python scripts/train_default.py --out runs/default --install  # also copy the export to
     stem_denoise/models/default.pt
 
-The ``default`` profile of :mod:`cyclegan.config`: the stochastic objective on a seeded bank of clean synthetic
-scenes (:mod:`cyclegan.synth`: square, rectangular, hexagonal, perovskite, honeycomb, dumbbell and random-motif
-lattices with weak sublattices, periods 6-40 px, dents, defects, vacuum), the STEM noise layer with wide random
-parameters (:mod:`cyclegan.pairs`: doses 1-60 counts per column peak, read noise, row/column-correlated noise,
-row offsets) and scale in the loop. It needs no data folder. The training curve is written to
-``OUT/curve.png`` and the run's summary to ``OUT/summary.json``.
+The ``default`` profile of :mod:`cyclegan.config` with the shipped recipe laid over it
+(:data:`cyclegan.config.SHIPPED_RECIPE`): the stochastic objective on a seeded bank of clean synthetic scenes
+(:mod:`cyclegan.synth`, the "rich" family: square, rectangular, hexagonal, perovskite, honeycomb, dumbbell and
+random-motif lattices with weak sublattices, broad weak sites, glows and dips between the columns, periods 6-40 px,
+dents, defects, vacuum), the STEM noise layer with wide random parameters (:mod:`cyclegan.pairs`: doses 1-1000
+counts per column peak, a 0.3 share of noise-free pairs, read noise, row/column-correlated noise, row offsets) and
+scale in the loop, 12 000 steps. It needs no data folder. The training curve is written to ``OUT/curve.png`` and
+the run's summary to ``OUT/summary.json``.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly")
     p.add_argument("--steps", type=int, help="total steps (default: the profile's)")
-    p.add_argument("--config", help="JSON laid over the default profile (for ablations)")
+    p.add_argument("--config", help="JSON laid over the default profile and the shipped recipe (for ablations)")
     p.add_argument("--install", action="store_true", help="copy the final export to stem_denoise/models/default.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -69,23 +71,32 @@ def plot_curve(log_path: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
+def shipped_config(config_path=None, steps: int | None = None):
+    """The shipped model's training config: the default profile, the synthetic clean source and
+    :data:`cyclegan.config.SHIPPED_RECIPE`, then ``config_path`` (JSON, for ablations) and ``steps`` over it."""
+    from cyclegan.config import SHIPPED_RECIPE, SYNTHETIC_SOURCE, config_from_dict, load_config
+
+    cfg = config_from_dict({**SYNTHETIC_SOURCE, **SHIPPED_RECIPE}, base=load_config(None, "default"))
+    cfg = load_config(config_path, steps=steps, base=cfg)
+    return config_from_dict({"dashboard": {"enabled": False}}, base=cfg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from cyclegan.config import SYNTHETIC_SOURCE, config_from_dict, load_config
-    from cyclegan.train import train
+    from cyclegan.train import precision_for, train
+    from stem_denoise.common.precision import describe_precision
 
-    cfg = config_from_dict(SYNTHETIC_SOURCE, base=load_config(None, "default"))
-    cfg = load_config(args.config, steps=args.steps, base=cfg)
-    cfg = config_from_dict({"dashboard": {"enabled": False}}, base=cfg)
+    cfg = shipped_config(args.config, args.steps)
     out = Path(args.out)
     t0 = time.time()
     summary = train(cfg, None, out, resume=args.resume, progress=not args.no_progress)
     wall = time.time() - t0
     record = {"step": summary["step"], "steps": summary["steps"], "start_step": summary["start_step"],
               "wall_s_this_invocation": round(wall, 1), "images_per_s": round(summary["images_per_s"], 2),
-              "torch_threads": torch.get_num_threads(), "losses": summary["losses"], "device": summary["device"]}
+              "torch_threads": torch.get_num_threads(), "losses": summary["losses"], "device": summary["device"],
+              "precision": describe_precision(precision_for(cfg, torch.device(summary["device"]))[0])}
     (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     plot_curve(out / "log.jsonl", out / "curve.png")
     print(f"trained to step {summary['step']} in {wall:.0f} s ({summary['images_per_s']:.1f} images/s); "
