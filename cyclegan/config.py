@@ -42,10 +42,12 @@ PROFILES = ("default", "quick", "classic", "classic-quick")
 SYNTHETIC_SOURCE = {"clean_source": "synthetic", "period_px": 12.8, "patch_px": 64, "atoms_per_patch": 5.0}
 # The shipped model's recipe, laid over the default profile and SYNTHETIC_SOURCE by scripts/train_default.py: the
 # rich scene family (glows and dips between the columns), doses up to 1000 counts per column peak (low-noise
-# micrographs, and large ones shrunk to the model's scale, are nearly noise-free there) and a 0.3 share of
-# noise-free pairs, 12 000 steps. Each part was measured against the default profile (README, "The shipped model's
-# recipe"): without them the network flattens the faint features between strong columns.
-SHIPPED_RECIPE = {"steps": 12000, "scene_family": "rich", "noise": {"dose": [1.0, 1000.0], "clean_frac": 0.3}}
+# micrographs, and large ones shrunk to the model's scale, are nearly noise-free there), a 0.3 share of noise-free
+# pairs, the noise level as a second input of the generator (measured on each micrograph at inference), 12 000
+# steps. Each part was measured against the default profile (README, "The shipped model's recipe"): without them
+# the network flattens the faint features between strong columns.
+SHIPPED_RECIPE = {"steps": 12000, "scene_family": "rich", "noise": {"dose": [1.0, 1000.0], "clean_frac": 0.3},
+                  "generator": {"noise_input": True}}
 
 # Fields that may change when a run is resumed; any other difference would break exact resumption.
 RUNTIME_FIELDS = frozenset({"steps", "log_every", "image_every", "checkpoint_every", "keep_previous",
@@ -146,6 +148,8 @@ class TrainConfig(Config):
         if self.noise_source == "estimated" and self.clean_source != "trainB":
             raise ValueError("noise_source 'estimated' needs clean_source 'trainB' (the estimates are in the units "
                              "of the data folder's patches)")
+        if self.generator.noise_input and self.objective != "stochastic":
+            raise ValueError("generator.noise_input needs the stochastic objective (its pairs carry the noise level)")
         return self
 
 

@@ -163,6 +163,51 @@ def site_spacing_factor(image, period_px: float | None = None) -> tuple[float, d
                     "cell_period_px": round(float(lattice.period_px), 3)}
 
 
+def level_at_model_scale(pixel_var: float, corr_row: float, corr_col: float, row_offset: float,
+                         scale: float) -> float:
+    """Std, at the model's scale, of noise of native pixel variance ``pixel_var`` with lag-1 correlations
+    ``corr_row`` / ``corr_col`` (the noise layer's MA(1)) and per-row offsets of std ``row_offset`` (native units
+    throughout), after the inference resampler changes the scale by ``scale`` (model px per native px). Measured on
+    a seeded noise field pushed through the resampler (deterministic)."""
+    from cyclegan.pairs import _ma1, resample
+
+    n = int(min(1024, max(48, round(160 / scale))))
+    gen = torch.Generator().manual_seed(0)
+    e = torch.randn((n, n), generator=gen, dtype=torch.float32)
+    e = _ma1(_ma1(e, float(corr_row), dim=-1), float(corr_col), dim=-2)
+    e = e / e.std() * math.sqrt(max(float(pixel_var), 0.0))
+    if row_offset > 0:
+        e = e + float(row_offset) * torch.randn((n, 1), generator=gen)
+    nm = max(8, int(round(n * scale)))
+    em = resample(e, nm) if nm != n else e
+    m = max(1, nm // 10)
+    return float(em[m:-m, m:-m].std())
+
+
+def model_noise_level(image, period_px: float, model_period: float, lo: float, hi: float) -> tuple[float, dict]:
+    """Noise level of a micrograph as a ``noise_input`` generator takes it: the std of its noise at the model's
+    scale (``model_period / period_px``), in the normalised units ``(x - lo) / (hi - lo)``, from the noise model
+    measured on the micrograph (:func:`data_prep.noise_model.estimate_noise`: variance at the mean level, lag-1
+    correlations, row offsets), pushed through the inference resampler (:func:`level_at_model_scale`). Where the
+    noise model cannot be fitted, the pixel noise is taken from the median absolute difference of neighbouring
+    pixels along the rows (white). Returns ``(level, record)``."""
+    from data_prep.noise_model import estimate_noise
+
+    crop = _central_crop(image).astype(np.float64)
+    try:
+        est = estimate_noise(crop, period_px)
+        var = max(est.gain * max(float(crop.mean()) - est.offset, 0.0), 0.0) + est.read_noise ** 2
+        cr, cc, ro, source = est.corr_row, est.corr_col, est.row_offset, "noise model"
+    except InputError:
+        d = np.diff(crop, axis=1).ravel() / math.sqrt(2.0)
+        var = float((1.4826 * np.median(np.abs(d - np.median(d)))) ** 2)
+        cr = cc = ro = 0.0
+        source = "neighbour differences (no noise model could be fitted)"
+    level = level_at_model_scale(var, cr, cc, ro, model_period / float(period_px)) / max(hi - lo, 1e-30)
+    return float(level), {"noise_level": float(level), "source": source, "pixel_std": math.sqrt(var),
+                          "corr_row": float(cr), "corr_col": float(cc), "row_offset": float(ro)}
+
+
 def _robust_range(image) -> tuple[float, float]:
     from data_prep.normalize import robust_range
 
@@ -198,6 +243,7 @@ def denoise_array(
     plan: TilePlan | None = None,
     stats: dict | None = None,
     working_scale: str | None = None,
+    noise_level: float | None = None,
 ) -> np.ndarray:
     """Denoise a 2-D micrograph (source units in, source units out) with a generator export's network.
 
@@ -213,6 +259,8 @@ def denoise_array(
     multiplied by :func:`site_spacing_factor`, so the nearest column spacing of a multi-site cell maps closer to
     the model's period); None (default): the scale the model was trained at (``info["working_scale"]``, "cell"
     for exports that do not say).
+    ``noise_level`` (generators with a noise-level input only): the level to give it (std of the noise at the
+    model's scale, normalised units); default measured on the micrograph (:func:`model_noise_level`).
     """
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) != 2 or min(shape) < 1:
@@ -257,10 +305,17 @@ def denoise_array(
     down_r, down_c = resample_operator(h, hm), resample_operator(w, wm)
     up_r, up_c = resample_operator(hm, h), resample_operator(wm, w)
     model_view = Resampler(image, down_r, down_c, offset=lo, scale=hi - lo)
+    level_record = None
+    if getattr(getattr(generator, "cfg", None), "noise_input", False):
+        if noise_level is None:
+            noise_level, level_record = model_noise_level(image, period_px, model_period, lo, hi)
+        else:
+            level_record = {"noise_level": float(noise_level), "source": "given"}
+        generator.set_noise_level(noise_level)
     fn = make_tile_fn(generator, dev, tta=tta, precision=precision)
     back = _BackResampler(up_r, up_c)
     if stats is not None:
-        stats.update(working_scale=working_scale, sites=site_record)
+        stats.update(working_scale=working_scale, sites=site_record, noise_level=level_record)
         stats.update(scale=scale, model_shape=(hm, wm), lo=lo, hi=hi, period_px=period_px, device=str(dev),
                      precision=fn.precision)
 

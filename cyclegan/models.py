@@ -29,6 +29,7 @@ Design choices, and why:
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -42,7 +43,9 @@ from stem_denoise.common.config import Config
 class GeneratorConfig(Config):
     """Generator architecture. ``width`` = channels at full resolution (doubled at each of ``n_down`` stride-2
     stages), ``n_blocks`` residual blocks at the lowest resolution, ``res_scale`` multiplies each residual
-    branch, ``residual_output`` makes the network predict a correction added to its input."""
+    branch, ``residual_output`` makes the network predict a correction added to its input. ``noise_input`` adds
+    a second input channel holding the noise level (std of the input's noise at the model's scale, normalised
+    units), constant over the image: given per call (``forward(x, level)``) or set with ``set_noise_level``."""
 
     width: int = Field(32, ge=1, le=1024)
     n_blocks: int = Field(6, ge=0, le=64)
@@ -51,6 +54,7 @@ class GeneratorConfig(Config):
     residual_output: bool = True
     upsample: Literal["bilinear", "nearest"] = "bilinear"
     padding: Literal["reflect", "zeros"] = "reflect"
+    noise_input: bool = False
 
 
 class DiscriminatorConfig(Config):
@@ -104,7 +108,9 @@ class Generator(nn.Module):
         pm = "reflect" if cfg.padding == "reflect" else "zeros"
         w = cfg.width
         self.size_multiple = 2 ** cfg.n_down
-        self.stem = nn.Sequential(_conv(1, w, 5, padding_mode=pm), nn.LeakyReLU(0.2, inplace=True))
+        self.stem = nn.Sequential(_conv(2 if cfg.noise_input else 1, w, 5, padding_mode=pm),
+                                  nn.LeakyReLU(0.2, inplace=True))
+        self.noise_level: float | None = None
         down, ch = [], w
         for _ in range(cfg.n_down):
             down += [_conv(ch, ch * 2, 3, stride=2, padding_mode=pm), nn.LeakyReLU(0.2, inplace=True)]
@@ -129,9 +135,28 @@ class Generator(nn.Module):
             # Start as the identity: out = x + 0.
             nn.init.zeros_(self.head.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_noise_level(self, level: float | None) -> None:
+        """The noise level a ``noise_input`` generator uses when ``forward`` is not given one (None: none)."""
+        if level is not None and not (math.isfinite(float(level)) and float(level) >= 0):
+            raise ValueError(f"noise level must be a finite number >= 0, got {level}")
+        self.noise_level = None if level is None else float(level)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor | float | None = None) -> torch.Tensor:
+        """``x`` (B, 1, H, W); ``level`` (``noise_input`` generators only): a number or a (B,) tensor, the
+        noise level of each input (default: the one set with ``set_noise_level``)."""
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"generator expects (B, 1, H, W), got {tuple(x.shape)}")
+        if self.cfg.noise_input:
+            if level is None:
+                level = self.noise_level
+            if level is None:
+                raise ValueError("this generator takes the input's noise level: pass level= or call "
+                                 "set_noise_level first")
+            level = torch.as_tensor(level, dtype=x.dtype, device=x.device).reshape(-1)
+            if level.numel() == 1:
+                level = level.expand(x.shape[0])
+            elif level.numel() != x.shape[0]:
+                raise ValueError(f"{level.numel()} noise levels for a batch of {x.shape[0]}")
         h, w = x.shape[-2:]
         m = self.size_multiple
         # Pad bottom/right to a multiple of 2**n_down, and to at least 2 px at the lowest resolution (4 px at
@@ -142,6 +167,8 @@ class Generator(nn.Module):
         if ph or pw:
             mode = "reflect" if (h > ph and w > pw) else "replicate"
             xp = F.pad(x, (0, pw, 0, ph), mode=mode)
+        if self.cfg.noise_input:
+            xp = torch.cat([xp, level.to(xp.dtype).reshape(-1, 1, 1, 1).expand(-1, 1, *xp.shape[-2:])], 1)
         feat = self.stem(xp)
         skip = feat
         feat = self.down(feat)

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CFG = {"seed": 2, "steps": 6, "decay_start": 1.0, "batch_size": 2, "crop_px": 16, "num_workers": 0, "log_every": 1,
        "image_every": 1000, "checkpoint_every": 3, "pool_size": 3, "device": "cpu",
        "generator": {"width": 4, "n_blocks": 1}, "discriminator": {"width": 4, "n_layers": 2},
-       "dashboard": {"enabled": False}}
+       "dashboard": {"enabled": False},
+       # float32: the update is compared at 1e-6 (on a CPU with native bf16, "auto" would round to bf16)
+       "precision": "fp32"}
 
 HELPER = textwrap.dedent("""
     import json, sys
