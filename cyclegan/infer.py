@@ -244,6 +244,7 @@ def denoise_array(
     stats: dict | None = None,
     working_scale: str | None = None,
     noise_level: float | None = None,
+    noise_level_factor: float = 1.0,
 ) -> np.ndarray:
     """Denoise a 2-D micrograph (source units in, source units out) with a generator export's network.
 
@@ -261,6 +262,8 @@ def denoise_array(
     for exports that do not say).
     ``noise_level`` (generators with a noise-level input only): the level to give it (std of the noise at the
     model's scale, normalised units); default measured on the micrograph (:func:`model_noise_level`).
+    ``noise_level_factor`` multiplies it: below 1 the network treats the micrograph as less noisy than it is and
+    keeps more of it (weak columns, and noise), above 1 it smooths harder.
     """
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) != 2 or min(shape) < 1:
@@ -307,11 +310,16 @@ def denoise_array(
     model_view = Resampler(image, down_r, down_c, offset=lo, scale=hi - lo)
     level_record = None
     if getattr(getattr(generator, "cfg", None), "noise_input", False):
+        factor = float(noise_level_factor)
+        if not (math.isfinite(factor) and factor >= 0):
+            raise InputError(f"noise level factor must be a finite number >= 0, got {noise_level_factor}")
         if noise_level is None:
             noise_level, level_record = model_noise_level(image, period_px, model_period, lo, hi)
         else:
             level_record = {"noise_level": float(noise_level), "source": "given"}
-        generator.set_noise_level(noise_level)
+        if factor != 1.0:
+            level_record = {**level_record, "factor": factor}
+        generator.set_noise_level(float(noise_level) * factor)
     fn = make_tile_fn(generator, dev, tta=tta, precision=precision)
     back = _BackResampler(up_r, up_c)
     if stats is not None:
@@ -445,6 +453,7 @@ def denoise_files(
     device: str | None = "auto",
     precision: str | None = "auto",
     working_scale: str | None = None,
+    noise_level_factor: float = 1.0,
     overwrite: bool = False,
     float32: bool = False,
     rank: int = 0,
@@ -503,7 +512,7 @@ def denoise_files(
                 st = denoise_file(f, o, generator, info, period_px=period_px, force_period=force_period,
                                   float32=float32, overwrite=overwrite, plan=plan, batch_size=batch_size, tta=tta,
                                   device=dev, precision=precision, progress=progress,
-                                  working_scale=working_scale)
+                                  working_scale=working_scale, noise_level_factor=noise_level_factor)
             except BusyOutput:
                 counts["skipped"] += 1
                 records.append({"input": str(f), "output": str(o), "status": "skipped"})

@@ -83,7 +83,7 @@ class Denoiser:
 
     def denoise(self, array, period_px: float | None = None, *, tta: bool = False, tile: int | None = None,
                 batch_size: int | None = None, progress: bool = False, force_period: bool = False,
-                working_scale: str | None = None) -> np.ndarray:
+                working_scale: str | None = None, noise_level_factor: float = 1.0) -> np.ndarray:
         """Denoise a 2-D micrograph; return a float32 array of the same shape in the same units.
 
         ``period_px``: the lattice period in the micrograph's px (as :func:`measure_lattice` reports it); measured
@@ -92,7 +92,9 @@ class Denoiser:
         8 dihedral transforms (8x slower, a little better). ``tile``/``batch_size``: memory knobs (defaults suit
         the device). ``working_scale``: "cell" or "sites" (a multi-site cell is magnified so that its nearest
         column spacing maps closer to the model's period; see :func:`cyclegan.infer.site_spacing_factor`); None
-        (default): the scale the model was trained at ("cell" for the shipped model).
+        (default): the scale the model was trained at ("cell" for the shipped model). ``noise_level_factor``
+        (models with a noise-level input, the shipped one): multiplies the noise level measured on the micrograph;
+        below 1 keeps more (weak columns, and noise), above 1 smooths harder.
         The settings actually used (scale, tiles, precision, the period, a note on the period) are in
         ``self.last_stats`` afterwards.
         """
@@ -106,7 +108,7 @@ class Denoiser:
                 stats["period_note"] = note
         out = denoise_array(image, self.generator, self.info, period_px=period_px, tile=tile, batch_size=batch_size,
                             tta=tta, device=self.device, precision=self.precision, progress=progress, stats=stats,
-                            working_scale=working_scale)
+                            working_scale=working_scale, noise_level_factor=noise_level_factor)
         self.last_stats = stats
         return out
 

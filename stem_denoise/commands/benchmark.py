@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of save_simulation outputs (*.json) or images with *_truth.tif, instead of the "
                         "simulated test set")
     p.add_argument("--checkpoint", type=Path, default=None, help="CycleGAN generator export (skipped when absent)")
+    p.add_argument("--noise-level-factor", type=float, action="append", default=[],
+                   help="also run the CycleGAN with its measured noise level times this (models with a noise-level "
+                        "input; repeatable; method cyclegan_levelF)")
     p.add_argument("--sites-scale", action="store_true",
                    help="also run the --checkpoint generator at the 'sites' working scale (cyclegan_sites: the "
                         "nearest column spacing of a multi-site cell maps closer to the model's period)")
@@ -126,7 +129,8 @@ def main(argv=None) -> int:
     if args.no_real:
         real = None
     cfg = BenchConfig(real_dir=real,
-        compare=parse_compare(args.compare), sites_scale=args.sites_scale, out_dir=args.out, quick=args.quick,
+        compare=parse_compare(args.compare), sites_scale=args.sites_scale,
+        level_factors=tuple(args.noise_level_factor), out_dir=args.out, quick=args.quick,
         data_dir=args.data, doses=args.doses, lattices=args.lattices, size=args.size, n_large=args.large,
         large_size=args.large_size, seed=args.seed, checkpoint=args.checkpoint, tta=args.tta, dip=not args.no_dip,
         dip_preset=args.dip_preset, dip_max_steps=args.dip_steps, dip_max_size=args.dip_max_size,

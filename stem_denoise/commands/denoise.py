@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "dumbbells) is magnified so its nearest column spacing maps closer to it (keeps more weak "
                         "columns; measured in the README); default: the scale the model was trained at (cell for "
                         "the shipped model)")
+    p.add_argument("--noise-level-factor", type=float, default=1.0,
+                   help="for models with a noise-level input (the shipped one): multiply the noise level measured "
+                        "on each micrograph by this; below 1 keeps more (weak columns, and noise), above 1 smooths "
+                        "harder (default 1; measured in the README)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per batch (default: 16 on CUDA, 2 on CPU)")
@@ -125,7 +129,8 @@ def main(argv=None) -> int:
         args.inputs, args.out, checkpoint, period_px=args.period, force_period=args.force_period,
         tile=args.tile, overlap=args.overlap,
         batch_size=args.batch_size, tta=args.tta, device=args.device, precision=args.precision,
-        working_scale=args.working_scale, overwrite=args.overwrite, float32=args.float32, rank=rank, world_size=world,
+        working_scale=args.working_scale, noise_level_factor=args.noise_level_factor, overwrite=args.overwrite,
+        float32=args.float32, rank=rank, world_size=world,
         progress=not args.quiet and rank == 0,
     )
     who = f"rank {rank}/{world}: " if world > 1 else ""

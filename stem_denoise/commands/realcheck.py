@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period-factor", type=float, default=1.0,
                    help="give the CycleGAN the measured lattice period times this (e.g. 0.5: a finer working "
                         "scale, as denoise.py --period would; default 1)")
+    p.add_argument("--noise-level-factor", type=float, default=1.0,
+                   help="the CycleGAN's measured noise level times this (see denoise.py --noise-level-factor)")
     p.add_argument("--working-scale", choices=("cell", "sites"), default=None,
                    help="the CycleGAN's working scale (see denoise.py --working-scale; default: the model's own)")
     p.add_argument("--noise-free", action="store_true",
@@ -93,6 +95,7 @@ def main(argv=None) -> int:
         names = tuple(names or METHOD_NAMES) + tuple(n for n in peers if n not in (names or ()))
     methods, skipped = real_methods(names, checkpoints=args.checkpoint, labels=args.label,
                                     device=args.device, working_scale=args.working_scale, n2v_steps=args.n2v_steps,
+                                    noise_level_factor=args.noise_level_factor,
                                     supervised_model=args.supervised_model)
     if not methods:
         raise InputError("no method to run")

@@ -354,10 +354,10 @@ def parse_compare(items) -> tuple[tuple[str, Path], ...]:
 
 def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None, tta: bool = False,
                     batch_size: int = 8, name: str = "cyclegan", label: str | None = None,
-                    working_scale: str | None = None) -> Method:
+                    working_scale: str | None = None, noise_level_factor: float = 1.0) -> Method:
     """The CycleGAN generator export at ``checkpoint``, run over stitched tiles by
-    :func:`cyclegan.infer.denoise_array` with the period measured on each micrograph (``working_scale``: see
-    there)."""
+    :func:`cyclegan.infer.denoise_array` with the period measured on each micrograph (``working_scale``,
+    ``noise_level_factor``: see there)."""
     from cyclegan.checkpoint import load_generator
     from cyclegan.infer import denoise_array
 
@@ -373,7 +373,8 @@ def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None,
         stats: dict = {}
         period = ctx.lattice_period_px or ctx.period_px
         out = denoise_array(noisy, generator, info, period_px=period, tta=tta, batch_size=batch_size,
-                            device=device or "auto", stats=stats, working_scale=working_scale)
+                            device=device or "auto", stats=stats, working_scale=working_scale,
+                            noise_level_factor=noise_level_factor)
         if "scale" in stats:
             ctx.notes["scale"] = round(float(stats["scale"]), 4)
         if "n_tiles" in stats:
@@ -472,6 +473,7 @@ class BenchConfig(Config):
     checkpoint: Path | None = None
     compare: tuple[tuple[str, Path], ...] = ()
     sites_scale: bool = False
+    level_factors: tuple[float, ...] = ()
     tta: bool = False
     dip: bool = True
     dip_preset: str | None = None
@@ -575,6 +577,11 @@ def build_methods(cfg: BenchConfig, *, log=print) -> tuple[list[Method], list[st
                                                    name="cyclegan_sites",
                                                    label="CycleGAN, sites working scale (stitched)",
                                                    working_scale="sites"))
+                for f in cfg.level_factors:
+                    methods.append(cyclegan_method(cfg.checkpoint, device=cfg.device, tta=cfg.tta,
+                                                   name=f"cyclegan_level{f:g}".replace(".", "p"),
+                                                   label=f"CycleGAN, noise level x {f:g} (stitched)",
+                                                   noise_level_factor=f))
             methods.extend(_compared(cfg))
         elif name == "dip":
             if not cfg.dip:

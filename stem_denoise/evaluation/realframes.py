@@ -783,7 +783,7 @@ def fixed_gaussian_method(sigma_px: float):
 
 def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = None,
                  working_scale: str | None = None, n2v_steps: int | None = None,
-                 supervised_model=None) -> tuple[list, list[str]]:
+                 supervised_model=None, noise_level_factor: float = 1.0) -> tuple[list, list[str]]:
     """The methods to run on real frames and ``"name: reason"`` for those left out.
 
     ``names`` (default all of :data:`METHOD_NAMES`): the benchmark's classical filters
@@ -793,7 +793,7 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
     overrides their budget; left out with the reason when CAREamics is missing) and the supervised-on-simulation
     baseline (``supervised_model``: its export, required). Every path in ``checkpoints`` adds a CycleGAN generator
     (:func:`stem_denoise.evaluation.benchmark.cyclegan_method`), labelled by ``labels`` in order where given, run at
-    ``working_scale`` (:func:`cyclegan.infer.denoise_array`).
+    ``working_scale`` with ``noise_level_factor`` (:func:`cyclegan.infer.denoise_array`).
     """
     import dataclasses
 
@@ -840,7 +840,7 @@ def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = 
         path = Path(ckpt)
         if not path.is_file():
             raise InputError(f"--checkpoint {path}: no such file")
-        m = cyclegan_method(path, device=device, working_scale=working_scale)
+        m = cyclegan_method(path, device=device, working_scale=working_scale, noise_level_factor=noise_level_factor)
         name = "cyclegan" if len(checkpoints) == 1 else f"cyclegan{k + 1}"
         label = labels[k] if k < len(labels) else f"CycleGAN ({path.stem})"
         methods.append(dataclasses.replace(m, name=name, label=label))

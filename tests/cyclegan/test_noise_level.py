@@ -131,3 +131,23 @@ def test_denoise_array_measures_the_level_or_takes_it(tmp_path):
     assert stats["noise_level"] == {"noise_level": 0.4, "source": "given"}
     assert not np.allclose(given, out)
     assert math.isfinite(float(given.mean()))
+
+
+def test_the_level_factor_scales_the_measured_level_and_bad_factors_are_refused():
+    from stem_denoise.api import simulate
+    from stem_denoise.common.errors import InputError
+
+    r = simulate(lattice="square", shape=(128, 128), period_px=12.8, dose=10, seed=2)
+    net = _net()
+    info = {"period_px": 12.8}
+    s1, s2 = {}, {}
+    a = denoise_array(r.noisy, net, info, period_px=12.8, stats=s1, device="cpu", precision="fp32")
+    b = denoise_array(r.noisy, net, info, period_px=12.8, stats=s2, device="cpu", precision="fp32",
+                      noise_level_factor=0.5)
+    assert s2["noise_level"]["factor"] == 0.5 and "factor" not in s1["noise_level"]
+    assert s2["noise_level"]["noise_level"] == pytest.approx(s1["noise_level"]["noise_level"])
+    assert net.noise_level == pytest.approx(0.5 * s1["noise_level"]["noise_level"])
+    assert not np.allclose(a, b)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InputError, match="noise level factor"):
+            denoise_array(r.noisy, net, info, period_px=12.8, device="cpu", noise_level_factor=bad)

@@ -138,6 +138,25 @@ def test_cyclegan_adapter_runs_stitched_inference(tmp_path, case):
     assert abs(rows[0]["psnr"] - rows[1]["psnr"]) < 1.0
 
 
+def test_noise_level_factors_add_a_method_each(tmp_path, case):
+    torch = pytest.importorskip("torch")
+    from cyclegan.checkpoint import export_generator
+    from cyclegan.models import GeneratorConfig, build_generator
+
+    cfg = GeneratorConfig(width=4, n_blocks=1, noise_input=True)
+    torch.manual_seed(0)
+    gen = build_generator(cfg)
+    torch.nn.init.normal_(gen.head.weight, 0.0, 0.05)
+    path = tmp_path / "g.pt"
+    export_generator(path, gen, cfg, {"patch_px": 64, "atoms_per_patch": 5, "period_px": 12.8, "direction": "A2B"})
+    bc = B.BenchConfig(out_dir=tmp_path / "b", dip=False, checkpoint=path, methods=("cyclegan",),
+                       level_factors=(0.5,), device="cpu")
+    methods, _ = B.build_methods(bc, log=lambda *a: None)
+    assert [m.name for m in methods] == ["cyclegan", "cyclegan_level0p5"]
+    rows, *_ = B.run_case(case, methods)
+    assert rows[0]["psnr"] != rows[1]["psnr"]  # the level reached the network
+
+
 def test_load_cases_from_a_folder(tmp_path):
     res = simulate(lattice="hex", shape=(96, 96), dose=20, vacancy_frac=0.05, seed=3)
     save_simulation(res, tmp_path, "hexcase")

@@ -298,3 +298,25 @@ def test_missing_default_model_is_one_error_line(tmp_path, capsys, monkeypatch, 
     assert str(missing) in err and "--checkpoint" in err
     assert ("STEM_DENOISE_MODEL" in err) == from_env
     assert not (tmp_path / "out").exists()
+
+
+def test_noise_level_factor_reaches_a_model_with_a_noise_level_input(tmp_path, capsys):
+    """--noise-level-factor: 1 is the default, and another factor changes what a noise-level model outputs."""
+    cfg = TINY.model_copy(update={"noise_input": True})
+    torch.manual_seed(1)
+    g = build_generator(cfg)
+    torch.nn.init.normal_(g.head.weight, 0.0, 0.02)
+    ck = tmp_path / "lvl.pt"
+    export_generator(ck, g, cfg, INFO)
+    src = _micrographs(tmp_path / "in", n=1)[0]
+    outs = {}
+    for f in ("1", "0.3"):
+        code, _, err = _run([str(src), "--checkpoint", str(ck), "--out", str(tmp_path / f), "--quiet",
+                             "--float32", "--precision", "fp32", "--noise-level-factor", f], capsys)
+        assert code == 0, err
+        outs[f] = read_micrograph(tmp_path / f / src.name)[0]
+    code, _, err = _run([str(src), "--checkpoint", str(ck), "--out", str(tmp_path / "d"), "--quiet", "--float32",
+                         "--precision", "fp32"], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(read_micrograph(tmp_path / "d" / src.name)[0], outs["1"])
+    assert not np.array_equal(outs["1"], outs["0.3"])
