@@ -151,3 +151,31 @@ def test_the_level_factor_scales_the_measured_level_and_bad_factors_are_refused(
     for bad in (-1.0, float("nan")):
         with pytest.raises(InputError, match="noise level factor"):
             denoise_array(r.noisy, net, info, period_px=12.8, device="cpu", noise_level_factor=bad)
+
+
+def test_training_on_micrographs_gives_their_patches_the_batch_median_level(tmp_path, one_torch_thread,
+                                                                            monkeypatch):
+    from cyclegan import models
+    from cyclegan.data import write_toy_patches
+
+    data = tmp_path / "data"
+    write_toy_patches(data, n_a=8, n_b=8, patch_px=32, atoms_per_patch=4, noise=0.3, dent_frac=0.5, seed=0)
+    seen = []
+    orig = models.Generator.forward
+
+    def spy(self, x, level=None):
+        if self.training:
+            seen.append((x.shape[0], torch.as_tensor(level).detach().clone()))
+        return orig(self, x, level)
+
+    monkeypatch.setattr(models.Generator, "forward", spy)
+    cfg = tiny(steps=2, batch_size=4, clean_source="trainB",
+               generator={"width": 4, "n_blocks": 1, "n_down": 1, "noise_input": True})
+    summary = train(cfg, data, tmp_path / "run", progress=False)
+    assert summary["step"] == 2
+    # per step: the pairs, then the micrograph patches (or both in one batch of 8): the patches get the pairs' median
+    levels = torch.cat([lv.reshape(-1) for _, lv in seen])
+    assert sum(n for n, _ in seen) == levels.numel() == 16
+    for step in levels.reshape(2, 8):
+        pairs, patches = step[:4], step[4:]
+        assert torch.allclose(patches, pairs.median().expand(4)) and (pairs != pairs[0]).any()
