@@ -90,6 +90,9 @@ class TrainConfig(Config):
     "cell" (the lattice period) or "sites" (the nearest column spacing of a multi-site cell, at most 1/0.7 of the
     cell: the rule of :func:`cyclegan.infer.site_spacing_factor`). The export records it, and inference runs such
     a model at the same scale unless told otherwise.
+
+    ``scene_family`` ("full", "simple", "broad", "rich": :func:`cyclegan.synth.render_scene`) and ``vacancy_max``
+    (each scene's share of vacant sites is drawn from [0, vacancy_max]) shape the synthetic clean scenes.
     """
 
     seed: int = 0
@@ -115,6 +118,7 @@ class TrainConfig(Config):
     period_range: Interval(2.0, 200.0) = (6.0, 40.0)
     bank_size: int = Field(600, ge=1, le=100000)
     scene_family: Literal["full", "simple", "broad", "rich"] = "full"
+    vacancy_max: float = Field(0.05, ge=0.0, le=0.5)
     noise: NoiseRanges = NoiseRanges()
     noise_source: Literal["auto", "ranges", "estimated"] = "auto"
     noise_spread: float = Field(0.3, ge=0.0, le=1.0)

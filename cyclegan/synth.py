@@ -247,8 +247,10 @@ def _glows(shape, rng: np.random.Generator, a1, a2, origin, sigma: float) -> np.
 
 
 def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: str | None = None, *,
-                 family: str = "full") -> Scene:
+                 family: str = "full", vacancy_max: float = 0.05) -> Scene:
     """Render one clean scene of ``size`` x ``size`` px at native period ``period_px`` (see the module docstring).
+
+    ``vacancy_max``: each scene's share of vacant sites is drawn uniformly from [0, vacancy_max].
 
     ``family="simple"`` (an ablation: what a prior learned from one kind of round, equal column looks like) draws
     only one-site square, rectangular and hexagonal lattices with round Gaussian probes and equal columns.
@@ -283,7 +285,7 @@ def render_scene(rng: np.random.Generator, period_px: float, size: int, kind: st
         pos = pos + rng.normal(0, rng.uniform(0.0, 0.03) * p, pos.shape)
     # per-column variation: vacancies, heavier/lighter columns, small random spread
     u = rng.random(len(pos))
-    vac = u < rng.uniform(0.0, 0.05)
+    vac = u < rng.uniform(0.0, vacancy_max)
     if not simple:
         hgt = hgt * np.where((u > 0.9) & ~vac, rng.uniform(1.2, 1.6), 1.0)
         hgt = hgt * np.where((u > 0.85) & (u <= 0.9), rng.uniform(0.4, 0.8), 1.0)
@@ -359,14 +361,15 @@ class SceneBank:
     """
 
     def __init__(self, n: int, *, seed: int, period_range: tuple[float, float] = (6.0, 40.0),
-                 side_periods: float = 12.0, min_px: int = 48, max_px: int = 512, family: str = "full") -> None:
+                 side_periods: float = 12.0, min_px: int = 48, max_px: int = 512, family: str = "full",
+                 vacancy_max: float = 0.05) -> None:
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7_354_211]))
         lo, hi = (float(v) for v in period_range)
         self.scenes: list[Scene] = []
         for _ in range(int(n)):
             p = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
             size = int(min(max_px, max(min_px, round(side_periods * p))))
-            self.scenes.append(render_scene(rng, p, size, family=family))
+            self.scenes.append(render_scene(rng, p, size, family=family, vacancy_max=vacancy_max))
 
     def __len__(self) -> int:
         return len(self.scenes)

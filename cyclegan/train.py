@@ -918,7 +918,8 @@ def _pair_source(cfg: TrainConfig, info: DataInfo, dataset, data_dir: Path | Non
     if cfg.clean_source == "synthetic":
         _say(f"rendering {cfg.bank_size} synthetic scenes (periods {cfg.period_range[0]:g}-"
              f"{cfg.period_range[1]:g} px)", ctx)
-        bank = SceneBank(cfg.bank_size, seed=cfg.seed, period_range=cfg.period_range, family=cfg.scene_family)
+        bank = SceneBank(cfg.bank_size, seed=cfg.seed, period_range=cfg.period_range, family=cfg.scene_family,
+                         vacancy_max=cfg.vacancy_max)
         source = SyntheticPairs(bank, model_period=info.period_px, crop_px=crop, ranges=cfg.noise,
                                 scale_jitter=jitter, scale_in_loop=cfg.scale_in_loop,
                                 working_scale=cfg.working_scale)

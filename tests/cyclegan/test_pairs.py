@@ -227,3 +227,15 @@ def test_simple_scene_family_has_only_round_equal_one_site_columns():
 
     bank = SceneBank(6, seed=1, period_range=(10.0, 14.0), family="simple")
     assert {sc.kind for sc in bank} <= set(SIMPLE_KINDS)
+
+
+def test_vacancy_max_sets_how_many_sites_a_scene_may_leave_empty():
+    base = render_scene(np.random.default_rng(11), 12.0, 144, "square")
+    same = render_scene(np.random.default_rng(11), 12.0, 144, "square", vacancy_max=0.05)
+    assert np.array_equal(base.image, same.image)  # the default draws exactly what it drew before
+    sums = {}
+    for vmax in (0.0, 0.5):
+        totals = [render_scene(np.random.default_rng(s), 12.0, 144, "square", vacancy_max=vmax).image.sum()
+                  for s in range(6)]
+        sums[vmax] = np.array(totals)
+    assert np.all(sums[0.5] <= sums[0.0] + 1e-6) and np.mean(sums[0.5] / sums[0.0]) < 0.95
