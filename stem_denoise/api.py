@@ -83,7 +83,7 @@ class Denoiser:
 
     def denoise(self, array, period_px: float | None = None, *, tta: bool = False, tile: int | None = None,
                 batch_size: int | None = None, progress: bool = False, force_period: bool = False,
-                working_scale: str | None = None, noise_level_factor: float = 1.0) -> np.ndarray:
+                working_scale: str | None = None, noise_level_factor: float | None = None) -> np.ndarray:
         """Denoise a 2-D micrograph; return a float32 array of the same shape in the same units.
 
         ``period_px``: the lattice period in the micrograph's px (as :func:`measure_lattice` reports it); measured
@@ -93,8 +93,9 @@ class Denoiser:
         the device). ``working_scale``: "cell" or "sites" (a multi-site cell is magnified so that its nearest
         column spacing maps closer to the model's period; see :func:`cyclegan.infer.site_spacing_factor`); None
         (default): the scale the model was trained at ("cell" for the shipped model). ``noise_level_factor``
-        (models with a noise-level input, the shipped one): multiplies the noise level measured on the micrograph;
-        below 1 keeps more (weak columns, and noise), above 1 smooths harder.
+        (models with a noise-level input, the shipped one): multiplies the noise level measured on the micrograph
+        (default 0.7, :data:`cyclegan.infer.DEFAULT_NOISE_LEVEL_FACTOR`); lower keeps more (weak columns, and
+        noise), higher smooths harder.
         The settings actually used (scale, tiles, precision, the period, a note on the period) are in
         ``self.last_stats`` afterwards.
         """

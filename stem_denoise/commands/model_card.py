@@ -166,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def render_card(card: dict, compare, train: dict, real_rows: list[dict], model: Path) -> str:
+    from cyclegan.infer import DEFAULT_NOISE_LEVEL_FACTOR
+
     s = card["benchmark"]
     lattices = card.get("benchmark_lattices") or ["square", "hex", "perovskite"]  # cards before it was recorded
     methods = [("noisy", "noisy"), ("gaussian_oracle", "Gaussian (oracle)"), ("nlm", "NLM"), ("cyclegan", "model")]
@@ -207,6 +209,10 @@ def render_card(card: dict, compare, train: dict, real_rows: list[dict], model: 
         "lag-1 correlations along rows / down columns, per-row offsets, a share of white noise and a "
         f"{cfgd.get('noise', {}).get('clean_frac', '?')} share of noise-free pairs (identity); added at the "
         "native scale and passed through the inference resampler (scale in the loop).",
+        *([f"- **Noise level input**: G takes the std of its input's noise at the model's scale as a second "
+            "channel (each training pair its own); at inference it is measured on the micrograph and multiplied by "
+            f"{DEFAULT_NOISE_LEVEL_FACTOR:g} (`--noise-level-factor`), the setting every number below was measured "
+            "with."] if cfgd.get("generator", {}).get("noise_input") else []),
         f"- **Wall time and hardware**: {_fmt(train.get('log_wall_s'), '{:.0f}')} s of training logged "
         f"({_fmt((train.get('log_wall_s') or 0) / 60, '{:.1f}')} min), median "
         f"{_fmt(train.get('median_images_per_s'), '{:.1f}')} images/s, {summ.get('device', 'cpu')}, "
@@ -260,14 +266,14 @@ def render_card(card: dict, compare, train: dict, real_rows: list[dict], model: 
         "own data (`scripts/train_cyclegan.py --data DATA --init stem_denoise/models/default.pt`).",
         "- The lattice period is measured on each micrograph and sets the scale; a wrong period (a superstructure "
         "read as the cell, or a cell read as half of itself) changes the scale the model sees: give `--period`.",
-        "- **Weak sites in large cells.** Where the measured period is a large cell holding several columns "
-        "(DyScO3 above: a 50 x 98 px cell, shrunk about 4x to the model's scale), the model deletes the faint "
-        "sites between the bright columns (see its worst-site change and column count in the table). Giving "
-        "`denoise.py --period` about the nearest column spacing (a finer working scale) keeps them, at the cost "
-        "of less denoising (`scripts/realcheck.py --period-factor 0.5` measures it; see the README).",
-        "- Columns weaker than about a third of their neighbours at low dose are lost more often than by the "
-        "oracle Gaussian (the *lost* column of the tables).",
-        "- Trained on a 2-core CPU in float32 within an hour: a longer run (or a GPU) would do better.",
+        "- **The noise level.** A model with a noise-level input is told the level measured on each micrograph "
+        "times `--noise-level-factor` (default 0.7): lower keeps more faint columns and more noise, higher "
+        "smooths harder and fills more vacancies at low dose (the README compares the factors).",
+        "- **Faint columns and vacancies at low dose.** Columns weaker than about a third of their neighbours at "
+        "doses of 2-5 counts are lost, and vacancies filled, more often than at higher doses (the *lost* and "
+        "*filled vac.* columns of the tables); a column count on a real frame can differ from the lightly "
+        "smoothed raw frame's by a few per cent (the real-frame table).",
+        "- Trained on simulated scenes on a 2-core CPU: a longer run, a wider network (or a GPU) would do better.",
         "",
     ]
     return "\n".join(lines)

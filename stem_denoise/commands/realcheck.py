@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period-factor", type=float, default=1.0,
                    help="give the CycleGAN the measured lattice period times this (e.g. 0.5: a finer working "
                         "scale, as denoise.py --period would; default 1)")
-    p.add_argument("--noise-level-factor", type=float, default=1.0,
+    p.add_argument("--noise-level-factor", type=float, default=None,
                    help="the CycleGAN's measured noise level times this (see denoise.py --noise-level-factor)")
     p.add_argument("--working-scale", choices=("cell", "sites"), default=None,
                    help="the CycleGAN's working scale (see denoise.py --working-scale; default: the model's own)")

@@ -354,7 +354,7 @@ def parse_compare(items) -> tuple[tuple[str, Path], ...]:
 
 def cyclegan_method(checkpoint: str | os.PathLike, *, device: str | None = None, tta: bool = False,
                     batch_size: int = 8, name: str = "cyclegan", label: str | None = None,
-                    working_scale: str | None = None, noise_level_factor: float = 1.0) -> Method:
+                    working_scale: str | None = None, noise_level_factor: float | None = None) -> Method:
     """The CycleGAN generator export at ``checkpoint``, run over stitched tiles by
     :func:`cyclegan.infer.denoise_array` with the period measured on each micrograph (``working_scale``,
     ``noise_level_factor``: see there)."""

@@ -783,7 +783,7 @@ def fixed_gaussian_method(sigma_px: float):
 
 def real_methods(names=None, *, checkpoints=(), labels=(), device: str | None = None,
                  working_scale: str | None = None, n2v_steps: int | None = None,
-                 supervised_model=None, noise_level_factor: float = 1.0) -> tuple[list, list[str]]:
+                 supervised_model=None, noise_level_factor: float | None = None) -> tuple[list, list[str]]:
     """The methods to run on real frames and ``"name: reason"`` for those left out.
 
     ``names`` (default all of :data:`METHOD_NAMES`): the benchmark's classical filters

@@ -7,7 +7,7 @@ import torch
 
 from cyclegan.checkpoint import export_generator, load_generator
 from cyclegan.config import config_from_dict
-from cyclegan.infer import denoise_array, level_at_model_scale, model_noise_level
+from cyclegan.infer import DEFAULT_NOISE_LEVEL_FACTOR, denoise_array, level_at_model_scale, model_noise_level
 from cyclegan.models import GeneratorConfig, build_generator
 from cyclegan.train import train
 from stem_denoise.common.errors import ConfigError
@@ -124,11 +124,12 @@ def test_denoise_array_measures_the_level_or_takes_it(tmp_path):
     stats = {}
     out = denoise_array(r.noisy, net, info, period_px=12.8, stats=stats, device="cpu", precision="fp32")
     assert stats["noise_level"]["source"] == "noise model" and 0.01 < stats["noise_level"]["noise_level"] < 0.5
+    assert net.noise_level == pytest.approx(DEFAULT_NOISE_LEVEL_FACTOR * stats["noise_level"]["noise_level"])
     whole = denoise_array(r.noisy, net, info, period_px=12.8, whole=True, device="cpu", precision="fp32")
     assert np.abs(out - whole).max() <= 1e-4 * float(np.ptp(r.noisy))  # tiles still agree with the whole image
     given = denoise_array(r.noisy, net, info, period_px=12.8, noise_level=0.4, stats=stats, device="cpu",
                           precision="fp32")
-    assert stats["noise_level"] == {"noise_level": 0.4, "source": "given"}
+    assert stats["noise_level"] == {"noise_level": 0.4, "source": "given"} and net.noise_level == 0.4
     assert not np.allclose(given, out)
     assert math.isfinite(float(given.mean()))
 
@@ -144,8 +145,8 @@ def test_the_level_factor_scales_the_measured_level_and_bad_factors_are_refused(
     a = denoise_array(r.noisy, net, info, period_px=12.8, stats=s1, device="cpu", precision="fp32")
     b = denoise_array(r.noisy, net, info, period_px=12.8, stats=s2, device="cpu", precision="fp32",
                       noise_level_factor=0.5)
-    assert s2["noise_level"]["factor"] == 0.5 and "factor" not in s1["noise_level"]
-    assert s2["noise_level"]["noise_level"] == pytest.approx(s1["noise_level"]["noise_level"])
+    assert s2["noise_level"]["factor"] == 0.5 and s1["noise_level"]["factor"] == DEFAULT_NOISE_LEVEL_FACTOR
+    assert s2["noise_level"]["noise_level"] == pytest.approx(s1["noise_level"]["noise_level"])  # the measured one
     assert net.noise_level == pytest.approx(0.5 * s1["noise_level"]["noise_level"])
     assert not np.allclose(a, b)
     for bad in (-1.0, float("nan")):

@@ -301,7 +301,10 @@ def test_missing_default_model_is_one_error_line(tmp_path, capsys, monkeypatch, 
 
 
 def test_noise_level_factor_reaches_a_model_with_a_noise_level_input(tmp_path, capsys):
-    """--noise-level-factor: 1 is the default, and another factor changes what a noise-level model outputs."""
+    """--noise-level-factor: the default is DEFAULT_NOISE_LEVEL_FACTOR, and another factor changes what a
+    noise-level model outputs."""
+    from cyclegan.infer import DEFAULT_NOISE_LEVEL_FACTOR
+
     cfg = TINY.model_copy(update={"noise_input": True})
     torch.manual_seed(1)
     g = build_generator(cfg)
@@ -310,7 +313,7 @@ def test_noise_level_factor_reaches_a_model_with_a_noise_level_input(tmp_path, c
     export_generator(ck, g, cfg, INFO)
     src = _micrographs(tmp_path / "in", n=1)[0]
     outs = {}
-    for f in ("1", "0.3"):
+    for f in (str(DEFAULT_NOISE_LEVEL_FACTOR), "0.3"):
         code, _, err = _run([str(src), "--checkpoint", str(ck), "--out", str(tmp_path / f), "--quiet",
                              "--float32", "--precision", "fp32", "--noise-level-factor", f], capsys)
         assert code == 0, err
@@ -318,5 +321,6 @@ def test_noise_level_factor_reaches_a_model_with_a_noise_level_input(tmp_path, c
     code, _, err = _run([str(src), "--checkpoint", str(ck), "--out", str(tmp_path / "d"), "--quiet", "--float32",
                          "--precision", "fp32"], capsys)
     assert code == 0, err
-    np.testing.assert_array_equal(read_micrograph(tmp_path / "d" / src.name)[0], outs["1"])
-    assert not np.array_equal(outs["1"], outs["0.3"])
+    default = outs[str(DEFAULT_NOISE_LEVEL_FACTOR)]
+    np.testing.assert_array_equal(read_micrograph(tmp_path / "d" / src.name)[0], default)
+    assert not np.array_equal(default, outs["0.3"])
