@@ -94,7 +94,7 @@ class Denoiser:
         column spacing maps closer to the model's period; see :func:`cyclegan.infer.site_spacing_factor`); None
         (default): the scale the model was trained at ("cell" for the shipped model). ``noise_level_factor``
         (models with a noise-level input, the shipped one): multiplies the noise level measured on the micrograph
-        (default 0.7, :data:`cyclegan.infer.DEFAULT_NOISE_LEVEL_FACTOR`); lower keeps more (weak columns, and
+        (default 0.85, :data:`cyclegan.infer.DEFAULT_NOISE_LEVEL_FACTOR`); lower keeps more (weak columns, and
         noise), higher smooths harder.
         The settings actually used (scale, tiles, precision, the period, a note on the period) are in
         ``self.last_stats`` afterwards.

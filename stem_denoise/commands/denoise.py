@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-level-factor", type=float, default=None,
                    help="for models with a noise-level input (the shipped one): multiply the noise level measured "
                         "on each micrograph by this; lower keeps more (weak columns, and noise), higher smooths "
-                        "harder (default 0.7; measured in the README)")
+                        "harder (default 0.85; measured in the README)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per batch (default: 16 on CUDA, 2 on CPU)")
