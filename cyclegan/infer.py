@@ -543,8 +543,11 @@ def denoise_files(
             records.append(st)
             for note in st.get("notes", []):
                 say(f"note: {note}")
+            lv = st.get("noise_level") or {}
+            level = (f", noise level {lv['noise_level']:.4f} x {lv.get('factor', 1.0):g}" if "noise_level" in lv
+                     else "")
             say(f"denoised {f.name} -> {o} ({st['shape'][0]}x{st['shape'][1]} px, period {st['period_px']:.2f} px, "
-                f"scale {st['scale']:.3f}, {st.get('n_tiles', 1)} tiles, {st['seconds']:.1f} s)")
+                f"scale {st['scale']:.3f}{level}, {st.get('n_tiles', 1)} tiles, {st['seconds']:.1f} s)")
     finally:
         remove_created_dirs(created)  # only where still empty: a run that wrote nothing leaves no folder
     return {**counts, "files": records, "plan": plan.as_dict(), "device": str(dev),

@@ -318,9 +318,10 @@ def test_noise_level_factor_reaches_a_model_with_a_noise_level_input(tmp_path, c
                              "--float32", "--precision", "fp32", "--noise-level-factor", f], capsys)
         assert code == 0, err
         outs[f] = read_micrograph(tmp_path / f / src.name)[0]
-    code, _, err = _run([str(src), "--checkpoint", str(ck), "--out", str(tmp_path / "d"), "--quiet", "--float32",
-                         "--precision", "fp32"], capsys)
+    code, stdout, err = _run([str(src), "--checkpoint", str(ck), "--out", str(tmp_path / "d"), "--float32",
+                              "--precision", "fp32"], capsys)
     assert code == 0, err
+    assert f" x {DEFAULT_NOISE_LEVEL_FACTOR:g}, " in stdout and "noise level 0." in stdout  # the line says what it used
     default = outs[str(DEFAULT_NOISE_LEVEL_FACTOR)]
     np.testing.assert_array_equal(read_micrograph(tmp_path / "d" / src.name)[0], default)
     assert not np.array_equal(default, outs["0.3"])
