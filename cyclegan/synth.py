@@ -216,7 +216,6 @@ SIMPLE_KINDS = ("square", "rect", "hex")
 BROAD_SHARE = 0.6  # share of the "broad" family's multi-site scenes whose weak sites are broader
 BROAD_WIDTH = (1.3, 2.2)  # their width over the strong sites' width
 BROAD_BELOW = 0.7  # "weak": below this fraction of the strongest site
-FAMILIES = ("full", "simple", "broad", "rich")
 GLOW_SHARE = 0.5  # share of the "rich" family's scenes with a structured background of glows and dips
 GLOW_COUNT = (1, 3)  # glows / dips per cell
 GLOW_HEIGHT = (-0.25, 0.3)  # their peak height (negative: a dip), relative to the strongest column

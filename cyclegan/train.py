@@ -151,11 +151,6 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, DDP) else m
 
 
-def _level_kw(level) -> dict:
-    """The generator's keyword for a noise level (none for generators without that input)."""
-    return {} if level is None else {"level": level}
-
-
 def _say(msg: str, ctx: DistContext) -> None:
     if ctx.is_main:
         tqdm.write(msg, file=sys.stderr)
@@ -282,11 +277,11 @@ class CycleGAN:
         with self._autocast():
             if judge and real_A.shape[-2:] == noisy.shape[-2:]:
                 out = G(torch.cat([noisy, real_A]).contiguous(memory_format=fmt),
-                        **_level_kw(None if lv is None else torch.cat([lv, lv_a])))
+                        level=None if lv is None else torch.cat([lv, lv_a]))
                 denoised, fake_B = out[:n], out[n:]
             else:
-                denoised = G(noisy.contiguous(memory_format=fmt), **_level_kw(lv))
-                fake_B = G(real_A.contiguous(memory_format=fmt), **_level_kw(lv_a)) if judge else None
+                denoised = G(noisy.contiguous(memory_format=fmt), level=lv)
+                fake_B = G(real_A.contiguous(memory_format=fmt), level=lv_a) if judge else None
         clean_loss = losses.cycle_l1(denoised, clean)
         zero = torch.zeros((), device=self.device)
         gan_G, lowfreq, loss_D_B, gan_noise, loss_D_A = zero, zero, zero, zero, zero

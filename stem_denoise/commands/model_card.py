@@ -267,8 +267,9 @@ def render_card(card: dict, compare, train: dict, real_rows: list[dict], model: 
         "- The lattice period is measured on each micrograph and sets the scale; a wrong period (a superstructure "
         "read as the cell, or a cell read as half of itself) changes the scale the model sees: give `--period`.",
         "- **The noise level.** A model with a noise-level input is told the level measured on each micrograph "
-        "times `--noise-level-factor` (default 0.85): lower keeps more faint columns and more noise, higher "
-        "smooths harder and fills more vacancies at low dose (the README compares the factors).",
+        f"times `--noise-level-factor` (default {DEFAULT_NOISE_LEVEL_FACTOR:g}): lower keeps more faint columns "
+        "and more noise, higher smooths harder and fills more vacancies at low dose (the README compares the "
+        "factors).",
         "- **Faint columns and vacancies at low dose.** Columns weaker than about a third of their neighbours at "
         "doses of 2-5 counts are lost, and vacancies filled, more often than at higher doses (the *lost* and "
         "*filled vac.* columns of the tables); a column count on a real frame can differ from the lightly "
