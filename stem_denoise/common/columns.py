@@ -10,10 +10,15 @@ tests), so that "a column was found" always means the same thing:
    thickness ramps. The height above the floor is divided by its local RMS (Gaussian window of 1.5 periods), so
    columns in a thin region (a dent) are as detectable as columns in a thick one, while a column of half the
    intensity of its neighbours keeps half their contrast and a vacancy (no column, only background) stays near 0.
+   The local RMS counts as at least half the image's strong-region RMS (its 95th percentile): without that floor
+   the vacuum around a particle, where the RMS tends to 0, would turn ripples of 1-5 % of a column's height into
+   "columns"; with it a dent down to half the thickness keeps its full contrast and a feature in vacuum must reach
+   about a tenth of a column's height to count.
 3. **Peaks.** Local maxima of that contrast map (3x3, ``skimage.feature.peak_local_max``); a maximum with a
    higher maximum closer than ``0.35 * period_px`` (Euclidean) is dropped; the rest must pass a threshold,
    ``threshold_rel`` times a reference column level, the 80th percentile of the contrast at the remaining maxima
-   (robust to bright heavy columns and to the small noise maxima between columns). The default ``threshold_rel``
+   that reach a fifth of the 99th-percentile maximum (robust to bright heavy columns, to the small noise maxima
+   between columns and to the many faint maxima of a large vacuum). The default ``threshold_rel``
    is 0.2: a site counts as a column when it stands above the floor by more than a fifth of a typical column's
    height (a weak perovskite B column of 0.3 x the A height, even in a dent, is found; an empty site is not).
 4. **Sub-pixel refinement.** A least-squares 2-D quadratic fitted to the smoothed, background-free image in a
@@ -50,6 +55,9 @@ MIN_DISTANCE_FRAC = 0.35  # minimum distance between two columns, in periods
 REFINE_HALF_FRAC = 0.15  # half-width of the quadratic-fit window, in periods
 REFERENCE_PERCENTILE = 80.0
 FLOOR_WINDOW_FRAC = 1.2  # minimum-filter window of the background floor, in periods
+RMS_FLOOR_FRAC = 0.5  # the local RMS never counts as less than this fraction of the image's strong-region RMS
+RMS_REFERENCE_PERCENTILE = 95.0  # the strong-region RMS: this percentile of the local-RMS map
+REFERENCE_FLOOR_FRAC = 0.2  # maxima below this fraction of the 99th-percentile maximum do not set the reference
 
 
 def _check_image(image: np.ndarray, period_px: float) -> np.ndarray:
@@ -99,8 +107,9 @@ def column_contrast(image: np.ndarray, period_px: float) -> tuple[np.ndarray, np
     floor = gaussian_lowpass(ndimage.minimum_filter(smooth, size=size, mode="reflect"), 0.5 * period_px)
     detail = smooth - floor
     rms = np.sqrt(np.maximum(gaussian_lowpass(detail * detail, 1.5 * period_px), 0.0))
+    strong = float(np.percentile(rms, RMS_REFERENCE_PERCENTILE))
     tiny = 1e-6 * float(np.max(rms)) if np.max(rms) > 0 else 1.0
-    contrast = detail / np.maximum(rms, tiny)
+    contrast = detail / np.maximum(rms, max(RMS_FLOOR_FRAC * strong, tiny))
     return contrast, detail
 
 
@@ -190,7 +199,8 @@ def find_columns(
     peaks, values = _separated_maxima(contrast, MIN_DISTANCE_FRAC * period_px)
     if len(peaks) == 0:
         return np.zeros((0, 2), dtype=np.float64)
-    reference = float(np.percentile(values, REFERENCE_PERCENTILE))
+    top = float(np.percentile(values, 99.0))
+    reference = float(np.percentile(values[values >= REFERENCE_FLOOR_FRAC * top], REFERENCE_PERCENTILE))
     peaks = peaks[values > thr_rel * reference]
     if not refine:
         return peaks.astype(np.float64)

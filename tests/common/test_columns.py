@@ -98,6 +98,32 @@ def test_columns_in_dent_and_light_columns_found_vacancies_not():
     assert len(near_vacancy) == 0
 
 
+@pytest.mark.parametrize("edge", [80, 30])
+def test_vacuum_ripples_are_not_columns_but_columns_painted_in_vacuum_are(edge):
+    # A crystal on the left, vacuum on the right holding a smooth ripple of up to 4 % of a column's peak (what a
+    # denoiser leaves in vacuum) and three painted columns of 35 % of a column's peak. With edge 30 the vacuum holds
+    # most of the image's maxima.
+    img, cols, _ = render_lattice(shape=(192, 192), seed=3)
+    yy, xx = np.mgrid[0:192, 0:192].astype(np.float64)
+    crystal = xx < edge
+    img = np.where(crystal, img, 0.1)
+    cols = cols[cols[:, 1] < edge - 3 * 1.6]
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    ripple = ndimage.gaussian_filter(rng.standard_normal(img.shape), 2.0)
+    img = img + np.where(crystal, 0.0, 0.04 * ripple / np.abs(ripple[:, 100:]).max())
+    painted = np.array([[40.0, 140.0], [96.0, 160.0], [150.0, 120.0]])
+    for r, c in painted:
+        img = img + 0.35 * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.6 ** 2))
+    found = find_columns(img, 12.8)
+    in_vacuum = found[found[:, 1] > edge + 12.8]
+    assert len(in_vacuum) == 3
+    assert len(match_columns(in_vacuum, painted, 2.0)[0]) == 3
+    f1, _ = score(found[found[:, 1] < edge - 3 * 1.6], cols, img.shape, 12.8)
+    assert f1 >= 0.99
+
+
 def test_invariant_to_gain_and_offset():
     img, _, _ = render_lattice(seed=2)
     a = find_columns(img, 12.8)
