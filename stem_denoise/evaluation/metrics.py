@@ -13,8 +13,10 @@ Rules (what each number means):
   the same data range.
 * **Column detection.** Only columns at least half a period inside the image are scored (a column cut by the border
   is neither lost nor invented). A true interior column paired with a found one is a hit; an interior true column
-  without a partner is **lost**; an interior found column without a partner is a false positive. Precision, recall,
-  F1 follow; **RMSE** is the root-mean-square distance of the pairs, in px and in pm when the pixel size is known.
+  without a partner is **lost**; an interior found column without a partner is a false positive (*invented*); one
+  farther than one period from every true column is also counted **in vacuum** (a column painted into the vacuum
+  around a nanoparticle or into any empty region). Precision, recall, F1 follow; **RMSE** is the root-mean-square
+  distance of the pairs, in px and in pm when the pixel size is known.
 * **Hallucinations**: a vacancy site (a lattice site with no column in the truth, at least half a period inside
   the image) *shows a column* in the output when BOTH (a) the finder detects a column within ``max_dist`` of it
   and (b) the site's height above the local background floor (the finder's ``detail`` map averaged in a disc of
@@ -47,6 +49,7 @@ PSNR_CAP_DB = 100.0
 MATCH_FRAC = 1.0 / 3.0  # max matching distance, in periods
 DISC_FRAC = 0.25  # radius of the integration disc, in periods
 MARGIN_FRAC = 0.5  # border margin for column scoring, in periods
+VACUUM_FRAC = 1.0  # an invented column farther than this (periods) from every true column is "in vacuum"
 
 
 @dataclass
@@ -237,7 +240,8 @@ class ColumnMatch:
     """Where the found columns of one output stand against the truth (positions (row, col) px).
 
     ``pairs_found``/``pairs_truth``/``dist``: matched pairs with an interior true column; ``lost``: interior true
-    columns without a partner; ``false_pos``: interior found columns without a partner; ``hallucinated``: interior
+    columns without a partner; ``false_pos``: interior found columns without a partner; ``in_vacuum``: those of them
+    farther than one period from every true column; ``hallucinated``: interior
     vacancy sites that show a column; ``vacancies``: all interior vacancy sites; ``vacancy_peak`` /
     ``vacancy_filled``: per vacancy, the peak and the intensity part of the rule (``vacancy_filled`` None when
     the images were not given).
@@ -254,6 +258,7 @@ class ColumnMatch:
     n_true: int
     n_found: int
     vacancy_peak: np.ndarray | None = None
+    in_vacuum: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     vacancy_filled: np.ndarray | None = None
 
 
@@ -288,9 +293,14 @@ def match_to_truth(found: np.ndarray, truth_cols: ColumnTruth, shape: tuple[int,
         filled = filled_vacancies_by_intensity(output, truth_image, cols, vac, period)
     else:
         filled = None
+    false_pos = found[found_in & ~matched_found]
+    if len(cols) and len(false_pos):
+        far = cKDTree(cols).query(false_pos)[0] > VACUUM_FRAC * period
+    else:
+        far = np.ones(len(false_pos), dtype=bool)
     return ColumnMatch(
         found=found, pairs_found=fi[hit], pairs_truth=ti[hit], dist=dist[hit],
-        lost=cols[truth_in & ~matched_truth], false_pos=found[found_in & ~matched_found],
+        lost=cols[truth_in & ~matched_truth], false_pos=false_pos, in_vacuum=false_pos[far],
         hallucinated=vac[peak & filled] if filled is not None else vac[peak], vacancies=vac,
         n_true=int(np.sum(truth_in)), n_found=int(np.sum(found_in)), vacancy_peak=peak, vacancy_filled=filled,
     )
@@ -327,6 +337,7 @@ def column_metrics(output: np.ndarray, truth_cols: ColumnTruth, *, found: np.nda
         "precision": precision, "recall": recall, "f1": f1, "rmse_px": rmse_px, "rmse_pm": rmse_pm,
         "n_vacancies": int(len(match.vacancies)), "hallucinations": int(len(match.hallucinated)),
         "halluc_peak": int(np.sum(match.vacancy_peak)) if match.vacancy_peak is not None else 0,
+        "in_vacuum": int(len(match.in_vacuum)),
     }
     if match.vacancy_filled is not None:
         result["halluc_intensity"] = int(np.sum(match.vacancy_filled))

@@ -24,8 +24,8 @@ from stem_denoise.common.columns import gaussian_lowpass
 CSV_COLUMNS = (
     "case", "lattice", "set", "dose", "height", "width", "method", "label", "oracle", "psnr", "ssim", "n_true",
     "n_found", "tp", "fp", "lost", "precision", "recall", "f1", "rmse_px", "rmse_pm", "n_vacancies", "hallucinations",
-    "halluc_peak", "halluc_intensity", "intensity_corr", "dent_corr", "noise_left", "time_s", "mpix_per_s", "s_per_mp",
-    "period_px", "period_source", "hidden_columns", "notes",
+    "halluc_peak", "halluc_intensity", "in_vacuum", "intensity_corr", "dent_corr", "noise_left", "time_s", "mpix_per_s",
+    "s_per_mp", "period_px", "period_source", "hidden_columns", "notes",
 )
 
 # (key, header, higher_is_better, format)
@@ -36,6 +36,7 @@ TABLE_COLUMNS = (
     ("rmse", "RMSE", False, "{:.2f}"),
     ("lost", "lost", False, "{:d}"),
     ("fp", "invented", False, "{:d}"),
+    ("in_vacuum", "in vacuum", False, "{:d}"),
     ("halluc", "filled vac.", False, "{}"),
     ("intensity_corr", "col. int. r", True, "{:.3f}"),
     ("dent_corr", "dent r", True, "{:.3f}"),
@@ -123,6 +124,7 @@ def aggregate(rows: Sequence[dict]) -> "OrderedDict[str, dict]":
             "rmse_unit": "pm" if pm else "px",
             "lost": int(sum(_num(r.get("lost")) for r in rs if math.isfinite(_num(r.get("lost"))))),
             "fp": int(sum(_num(r.get("fp")) for r in rs if math.isfinite(_num(r.get("fp"))))),
+            "in_vacuum": int(sum(_num(r.get("in_vacuum")) for r in rs if math.isfinite(_num(r.get("in_vacuum"))))),
             "halluc_n": int(sum(known)) if known else None,
             "n_vacancies": n_vac,
             "halluc_frac": 100.0 * sum(known) / n_vac if known and n_vac else float("nan"),
@@ -279,7 +281,7 @@ INDEPENDENT_INTRO = [
     "nanoparticle-in-vacuum lattices (every lattice site in the vacuum is a vacancy site), periods of 6-40 px.",
     "Scored with the same rules as above; never averaged with the simulated set. In the nanoparticle's vacuum the",
     "filled-vacancy rule can only score sites within 1.5 periods of a true column (it compares heights with the",
-    "neighbouring columns'); a column painted deeper into the vacuum counts as *invented*.",
+    "neighbouring columns'); a column painted deeper into the vacuum counts as *invented* and *in vacuum*.",
     "",
 ]
 
@@ -309,7 +311,9 @@ def write_markdown(rows: Sequence[dict], path: str | Path, *, skipped: Sequence[
         "(`stem_denoise.common.columns.find_columns`) and matched to the true columns within period/3.",
         "The true columns are those the finder sees in the noise-free truth (CSV `hidden_columns`: true columns too",
         "faint to be found even there, left out for every method).",
-        "*lost*: true columns not found; *invented*: found columns with no true column; *filled vac.*: vacancy sites",
+        "*lost*: true columns not found; *invented*: found columns with no true column; *in vacuum*: those of them",
+        "farther than one period from every true column (painted into vacuum or an empty region); *filled vac.*:",
+        "vacancy sites",
         "where the output shows a column (a finder peak within period/3 AND a height above the local floor more than",
         "halfway to the neighbouring columns'), out of all vacancies (CSV: `halluc_peak`, `halluc_intensity` for",
         "each part alone); *col. int. r*:",
@@ -333,15 +337,15 @@ def write_markdown(rows: Sequence[dict], path: str | Path, *, skipped: Sequence[
         lines += ["## Skipped", ""] + [f"- {s}" for s in dict.fromkeys(skipped)] + [""]
     if errors:
         lines += ["## Errors", ""] + [f"- {e}" for e in errors] + [""]
-    lines += ["## Every case", "", "| case | method | PSNR | SSIM | F1 | RMSE px | lost | invented | filled vac. | "
-              "time s | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Every case", "", "| case | method | PSNR | SSIM | F1 | RMSE px | lost | invented | in vacuum | "
+              "filled vac. | time s | notes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hall = _num(r.get("hallucinations"))
         hall_text = f"{int(hall)}/{int(_num(r.get('n_vacancies')))}" if math.isfinite(hall) else "n/a"
         lines.append(
             f"| {r['case']} | {r['label']} | {_num(r.get('psnr')):.2f} | {_num(r.get('ssim')):.3f} | "
             f"{_num(r.get('f1')):.3f} | {_num(r.get('rmse_px')):.3f} | {r.get('lost', '')} | {r.get('fp', '')} | "
-            f"{hall_text} | {_num(r.get('time_s')):.2f} | {r.get('notes', '')} |")
+            f"{r.get('in_vacuum', '')} | {hall_text} | {_num(r.get('time_s')):.2f} | {r.get('notes', '')} |")
     lines.append("")
     if config:
         lines += ["## Settings", "", "```", json.dumps(config, indent=1, sort_keys=True, default=str), "```", ""]

@@ -85,9 +85,23 @@ def test_filled_vacancy_is_counted(sim):
     assert m["hallucinations"] == 1
     assert m["halluc_peak"] == 1 and m["halluc_intensity"] == 1
     assert m["lost"] == 0
+    assert m["in_vacuum"] == 0  # a fill inside the lattice is not a column in vacuum
     # A faint bump (a tenth of a column) at the same site is a peak but not a column-like fill.
     faint = add_peak(sim.truth, v, 0.1 * sim.params["dose"] * thick, sigma)
     assert column_metrics(faint, cols, truth_image=sim.truth)["hallucinations"] == 0
+
+
+def test_column_painted_into_vacuum_is_counted_there():
+    res = simulate(lattice="square", shape=(256, 256), dose=50, vacancy_frac=0.0, seed=4, angle_deg=10.0,
+                   particle_radius_frac=0.5)
+    cols = truth_cols(res)
+    clean = column_metrics(res.truth, cols, truth_image=res.truth)
+    assert clean["in_vacuum"] == 0  # (the rim may show a part-column or two at vacancy sites: not in vacuum)
+    far = (12.0 + res.period_px, 12.0 + res.period_px)  # a corner: the vacuum, far from every column
+    assert np.min(np.hypot(*(res.columns - np.array(far)).T)) > 2 * res.period_px
+    painted = add_peak(res.truth, far, res.params["dose"], res.params["probe_sigma_px"])
+    m = column_metrics(painted, cols, truth_image=res.truth)
+    assert m["fp"] == clean["fp"] + 1 and m["in_vacuum"] == 1 and m["lost"] == 0
 
 
 def test_removed_column_is_lost(sim):
