@@ -45,10 +45,11 @@ def test_model_card_measures_and_writes_the_card(tiny_export, tmp_path, capsys, 
             if r["method"] == "cyclegan" and r["set"] == "simulated" and float(r["dose"]) == 5.0]
     assert len(rows) == 2
     assert sim_set["5.0"]["cyclegan"]["psnr"] == pytest.approx(np.mean([float(r["psnr"]) for r in rows]), abs=1e-3)
+    assert sim_set["5.0"]["cyclegan"]["in_vacuum"] == sum(int(r["in_vacuum"]) for r in rows)  # a count: summed
     # a freshly initialised generator is the identity at the model's scale: only the resampling round trip
     # touches the noise, so most of the noise realisation is left
     assert sim_set["5.0"]["cyclegan"]["noise_left"] > 0.5
     assert [r["method"] for r in card["real"]][-1] == "cyclegan" and card["real"][-1]["pass"]
     text = (out / "README.md").read_text()
-    assert "| 5 |" in text and "model - oracle Gaussian" in text and "frame" in text
+    assert "| 5 |" in text and "model - oracle Gaussian" in text and "frame" in text and "| in vacuum |" in text
     assert np.isfinite(sim_set["20.0"]["gaussian_oracle"]["psnr"])
