@@ -28,6 +28,9 @@ Rules (what each number means):
   to find a weak perovskite B column in a dent); (b) alone would count a broad smear. Each part is reported too:
   ``halluc_peak`` (a) and ``halluc_intensity`` (b). The Bragg filter, which averages the lattice over many cells,
   fills vacancies under both; a faithful denoiser fills none. Without the images only (a) can be applied.
+  **Vacancy counts** (CSV ``vacancy_counts``): vacancy sites whose intensity in a disc of radius period/4 is nearer
+  the neighbouring true columns' than the truth's own value there; on the noisy input this is how many vacancies the
+  data, read site by site, cannot tell from a column (the floor a site-by-site reader meets).
 * **Column intensity fidelity**: Pearson correlation between output and truth of the intensity integrated in a disc
   of radius period/4 around every TRUE interior column position (heavier/lighter columns, dents).
 * **Dent fidelity**: Pearson correlation of the Gaussian low-pass (sigma = one period) of output and truth, over the
@@ -235,6 +238,33 @@ def filled_vacancies_by_intensity(output: np.ndarray, truth: np.ndarray, columns
     return filled
 
 
+def vacancies_with_column_counts(output: np.ndarray, truth: np.ndarray, columns: np.ndarray,
+                                 vacancies: np.ndarray, period_px: float) -> np.ndarray:
+    """Boolean (M,) mask of vacancy sites whose intensity in a disc of radius period/4 (the output's own units, which
+    must be the truth's) is nearer the true columns' within 1.5 periods than the truth's own value at that empty site
+    (above the midpoint). On the noisy input it counts the vacancies that the data alone, read site by site, cannot
+    tell from a column; a denoiser that reads each site's evidence fills about that many. Sites with no true column
+    within 1.5 periods are not scored (False)."""
+    out, ref = _pair(output, truth)
+    cols = np.asarray(columns, dtype=np.float64).reshape(-1, 2)
+    vac = np.asarray(vacancies, dtype=np.float64).reshape(-1, 2)
+    result = np.zeros(len(vac), dtype=bool)
+    if len(vac) == 0 or len(cols) == 0:
+        return result
+    r = DISC_FRAC * period_px
+    neighbours = cKDTree(cols).query_ball_point(vac, 1.5 * period_px)
+    near = np.unique(np.concatenate([np.asarray(nb, dtype=np.int64) for nb in neighbours] + [np.zeros(0, np.int64)]))
+    ref_cols = np.zeros(len(cols))
+    if len(near):
+        ref_cols[near] = disc_sums(ref, cols[near], r)
+    out_vac = disc_sums(out, vac, r)
+    ref_vac = disc_sums(ref, vac, r)
+    for k, nb in enumerate(neighbours):
+        if nb:
+            result[k] = out_vac[k] > 0.5 * (ref_vac[k] + float(np.mean(ref_cols[nb])))
+    return result
+
+
 @dataclass
 class ColumnMatch:
     """Where the found columns of one output stand against the truth (positions (row, col) px).
@@ -339,6 +369,9 @@ def column_metrics(output: np.ndarray, truth_cols: ColumnTruth, *, found: np.nda
         "halluc_peak": int(np.sum(match.vacancy_peak)) if match.vacancy_peak is not None else 0,
         "in_vacuum": int(len(match.in_vacuum)),
     }
+    if truth_image is not None:
+        result["vacancy_counts"] = int(np.sum(vacancies_with_column_counts(
+            out, truth_image, truth_cols.columns, match.vacancies, period)))
     if match.vacancy_filled is not None:
         result["halluc_intensity"] = int(np.sum(match.vacancy_filled))
     elif truth_image is not None:

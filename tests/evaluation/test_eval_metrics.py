@@ -86,9 +86,25 @@ def test_filled_vacancy_is_counted(sim):
     assert m["halluc_peak"] == 1 and m["halluc_intensity"] == 1
     assert m["lost"] == 0
     assert m["in_vacuum"] == 0  # a fill inside the lattice is not a column in vacuum
+    assert m["vacancy_counts"] == 1  # its counts are a column's
+    assert column_metrics(sim.truth, cols, truth_image=sim.truth)["vacancy_counts"] == 0
     # A faint bump (a tenth of a column) at the same site is a peak but not a column-like fill.
     faint = add_peak(sim.truth, v, 0.1 * sim.params["dose"] * thick, sigma)
     assert column_metrics(faint, cols, truth_image=sim.truth)["hallucinations"] == 0
+
+
+def test_vacancy_counts_measure_what_the_noisy_data_can_tell():
+    # At a high dose every vacancy's counts are far from a column's; at a very low one the vacancies of the weak
+    # B sublattice (0.3 of an A column) are not.
+    def counts(res, image):
+        return column_metrics(image, truth_cols(res), truth_image=res.truth)["vacancy_counts"]
+
+    kw = dict(lattice="perovskite", shape=(256, 256), vacancy_frac=0.1, seed=7, angle_deg=12.0)
+    high, low = simulate(dose=500, **kw), simulate(dose=1, **kw)
+    assert len(high.vacancies) >= 30
+    assert counts(high, high.noisy) == 0
+    assert counts(low, low.noisy) >= 5
+    assert counts(low, low.truth) == 0
 
 
 def test_column_painted_into_vacuum_is_counted_there():
