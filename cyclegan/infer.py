@@ -325,8 +325,12 @@ def denoise_array(
             noise_level = measured * factor
         else:
             level_record = {"noise_level": float(noise_level), "source": "given"}
-        generator.set_noise_level(float(noise_level))
-    fn = make_tile_fn(generator, dev, tta=tta, precision=precision)
+        if not (math.isfinite(float(noise_level)) and float(noise_level) >= 0):
+            raise InputError(f"noise level must be a finite number >= 0, got {noise_level}")
+        noise_level = float(noise_level)
+    else:
+        noise_level = None
+    fn = make_tile_fn(generator, dev, tta=tta, precision=precision, noise_level=noise_level)
     back = _BackResampler(up_r, up_c)
     if stats is not None:
         stats.update(working_scale=working_scale, sites=site_record, noise_level=level_record)

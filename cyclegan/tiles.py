@@ -121,14 +121,16 @@ _DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 
 
 def make_tile_fn(generator: nn.Module, device: torch.device, *, tta: bool = False, precision: str | None = "auto",
-                 channels_last: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
+                 channels_last: bool | None = None, noise_level: float | None = None
+                 ) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap ``generator`` as a numpy batch function for :func:`stem_denoise.common.tiling.map_tiles`.
 
     The batch ``(B, h, w)`` float32 (normalised units) goes to ``device`` as ``(B, 1, h, w)`` in the channels_last
     layout; ``precision`` ("auto", "fp32" or "bf16", see :mod:`stem_denoise.common.precision`) decides whether it
     runs under bfloat16 autocast, on CUDA and on the CPU alike. The result is always float32. ``tta`` averages the
     outputs over the 8 dihedral transforms (rotations by 90 deg and flips), each undone before averaging. The
-    function's ``precision`` attribute says what "auto" resolved to ("bf16" or "fp32").
+    function's ``precision`` attribute says what "auto" resolved to ("bf16" or "fp32"). ``noise_level``: the level
+    handed to a ``noise_input`` generator with every tile (the generator itself is not changed).
     """
     dtype = resolve_precision(precision, device)
     generator.eval()
@@ -137,10 +139,12 @@ def make_tile_fn(generator: nn.Module, device: torch.device, *, tta: bool = Fals
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     generator.to(device=device, memory_format=fmt)
 
+    level = None if noise_level is None else float(noise_level)
+
     def run(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=fmt)
         with autocast(device, dtype):
-            return generator(x).float()
+            return (generator(x) if level is None else generator(x, level=level)).float()
 
     def fn(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

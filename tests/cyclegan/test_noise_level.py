@@ -124,12 +124,19 @@ def test_denoise_array_measures_the_level_or_takes_it(tmp_path):
     stats = {}
     out = denoise_array(r.noisy, net, info, period_px=12.8, stats=stats, device="cpu", precision="fp32")
     assert stats["noise_level"]["source"] == "noise model" and 0.01 < stats["noise_level"]["noise_level"] < 0.5
-    assert net.noise_level == pytest.approx(DEFAULT_NOISE_LEVEL_FACTOR * stats["noise_level"]["noise_level"])
+    assert net.noise_level is None  # the level goes with each tile; the generator is not changed
+    told = DEFAULT_NOISE_LEVEL_FACTOR * stats["noise_level"]["noise_level"]
+    from cyclegan.tiles import make_tile_fn
+
+    x = ((r.noisy[:64, :64] - stats["lo"]) / (stats["hi"] - stats["lo"]))[None].astype(np.float32)
+    direct = make_tile_fn(net, torch.device("cpu"), precision="fp32", noise_level=told)(x)
+    other = make_tile_fn(net, torch.device("cpu"), precision="fp32", noise_level=3 * told)(x)
+    assert not np.allclose(direct, other)  # the tile function hands the level it was given to the network
     whole = denoise_array(r.noisy, net, info, period_px=12.8, whole=True, device="cpu", precision="fp32")
     assert np.abs(out - whole).max() <= 1e-4 * float(np.ptp(r.noisy))  # tiles still agree with the whole image
     given = denoise_array(r.noisy, net, info, period_px=12.8, noise_level=0.4, stats=stats, device="cpu",
                           precision="fp32")
-    assert stats["noise_level"] == {"noise_level": 0.4, "source": "given"} and net.noise_level == 0.4
+    assert stats["noise_level"] == {"noise_level": 0.4, "source": "given"} and net.noise_level is None
     assert not np.allclose(given, out)
     assert math.isfinite(float(given.mean()))
 
@@ -147,7 +154,9 @@ def test_the_level_factor_scales_the_measured_level_and_bad_factors_are_refused(
                       noise_level_factor=0.5)
     assert s2["noise_level"]["factor"] == 0.5 and s1["noise_level"]["factor"] == DEFAULT_NOISE_LEVEL_FACTOR
     assert s2["noise_level"]["noise_level"] == pytest.approx(s1["noise_level"]["noise_level"])  # the measured one
-    assert net.noise_level == pytest.approx(0.5 * s1["noise_level"]["noise_level"])
+    given = denoise_array(r.noisy, net, info, period_px=12.8, device="cpu", precision="fp32",
+                          noise_level=0.5 * s1["noise_level"]["noise_level"])
+    np.testing.assert_allclose(b, given, rtol=0, atol=1e-6 * float(np.ptp(r.noisy)))  # factor 0.5 = half the level
     assert not np.allclose(a, b)
     for bad in (-1.0, float("nan")):
         with pytest.raises(InputError, match="noise level factor"):
