@@ -13,7 +13,9 @@ and on
   the output after the same light smoothing (Gaussian sigma = column spacing / 10; the same treatment of both, so
   that the identity counts the same and only what the denoiser changed counts). The column spacing is the shortest
   distance between two distinct column sites of the raw cell average (a perovskite's A-B distance, not its cell
-  edge), unless given.
+  edge), unless given. The counts at further smoothings (0.07-0.2 spacings) are reported beside it
+  (``counts_by_smoothing``, a diagnostic: a raw count that falls fast with a little more smoothing while the
+  output's stays holds noise-driven detections).
 * **The residual** ``raw - output`` must hold no lattice: its power in narrow windows at the raw frame's Bragg
   peaks, relative to the raw frame's power there. It should also look like the raw noise: its lag-1 correlations
   along rows and down columns are reported beside those of a truth-free noise estimate of the raw frame
@@ -86,6 +88,7 @@ _HIGHER_IS_BETTER = {"cell_r"}
 SITE_PROMINENCE = 0.05  # a site stands at least this fraction of the strongest site's height above its saddle
 SPACING_PROMINENCE = 0.15  # sites this distinct set the column spacing (a dumbbell's second lobe does not)
 LIGHT_SMOOTH_FRAC = 0.1  # Gaussian sigma (periods) of the light smoothing before counting raw columns
+COUNT_SMOOTHINGS = (0.07, 0.13, 0.16, 0.2)  # further smoothings (periods) the counts are also reported at
 BRAGG_ORDER = 4  # reciprocal lattice points h g1 + k g2 with |h|, |k| <= BRAGG_ORDER
 BRAGG_SNR = 10.0  # a lattice point counts as a Bragg peak when its power is this far above the local floor
 BRAGG_RADIUS_BINS = 2.0  # radius of the window around each Bragg peak, in Fourier bins of the frame
@@ -696,6 +699,12 @@ def real_frame_metrics(raw, output, *, lattice=None, period_px: float | None = N
     m["n_columns_raw"] = int(len(cols_raw))
     m["n_columns_out"] = int(len(cols_out))
     m["count_rel_diff"] = (abs(len(cols_out) - len(cols_raw)) / len(cols_raw)) if len(cols_raw) else None
+    # Diagnostic, not a check: the counts at other light smoothings ("0.13:846/844" = raw/output at 0.13 periods).
+    # A raw count that falls quickly with a little more smoothing while the output's stays holds noise detections.
+    m["counts_by_smoothing"] = ";".join(
+        f"{f:g}:{len(find_columns(ndimage.gaussian_filter(r, f * period, mode='reflect'), period))}/"
+        f"{len(find_columns(ndimage.gaussian_filter(o, f * period, mode='reflect'), period))}"
+        for f in COUNT_SMOOTHINGS)
 
     frac, n_peaks = bragg_power_fraction(r, o, (geom.a1, geom.a2))
     raw_hp = raw_noise(r, max(float(np.hypot(*geom.a1)), float(np.hypot(*geom.a2))))
@@ -761,9 +770,9 @@ DEFAULT_REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "real
 PEER_NAMES = ("n2v2", "structn2v", "supervised")  # the learned peers (opt-in: N2V trains on every frame)
 CSV_COLUMNS = (
     "frame", "method", "label", "pass", "cell_r", "site_height_max_rel_err", "n_sites", "n_columns_raw",
-    "n_columns_out", "count_rel_diff", "bragg_power_frac", "n_bragg_peaks", "resid_corr_row", "resid_corr_col",
-    "raw_hp_corr_row", "raw_hp_corr_col", "bond_spread_pm", "bond_spread_pm_raw", "period_px", "lattice", "n_cells",
-    "max_shift_px", "pixel_size_pm", "height", "width", "time_s", "failures", "notes",
+    "n_columns_out", "count_rel_diff", "counts_by_smoothing", "bragg_power_frac", "n_bragg_peaks", "resid_corr_row",
+    "resid_corr_col", "raw_hp_corr_row", "raw_hp_corr_col", "bond_spread_pm", "bond_spread_pm_raw", "period_px",
+    "lattice", "n_cells", "max_shift_px", "pixel_size_pm", "height", "width", "time_s", "failures", "notes",
 )
 
 

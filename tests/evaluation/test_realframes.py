@@ -55,6 +55,9 @@ def test_identity_passes_with_an_exactly_zero_residual(perovskite):
     m = _metrics(raw, raw.copy(), avg.geometry)
     assert m["cell_r"] == 1.0 and m["bragg_power_frac"] == 0.0 and m["site_height_max_rel_err"] == 0.0
     assert m["n_columns_raw"] == m["n_columns_out"] > 0 and m["count_rel_diff"] == 0.0
+    by_smoothing = dict(item.split(":") for item in m["counts_by_smoothing"].split(";"))
+    assert list(by_smoothing) == ["0.07", "0.13", "0.16", "0.2"]
+    assert all(raw_n == out_n and int(raw_n) > 0 for raw_n, out_n in (v.split("/") for v in by_smoothing.values()))
     assert m["resid_corr_row"] is None and m["resid_corr_col"] is None  # nothing to correlate
     assert m["n_sites"] == 2  # the A and the weak B column of the perovskite cell
     assert check_real_frame(m) == {"pass": True, "failures": []}
@@ -73,6 +76,20 @@ def test_noise_free_truth_as_output_passes_and_its_residual_looks_like_raw_noise
     assert abs(m["resid_corr_row"] - 0.28) < 0.03 and abs(m["resid_corr_col"] + 0.1) < 0.03
     assert abs(m["raw_hp_corr_row"] - m["resid_corr_row"]) < 0.1
     assert abs(m["raw_hp_corr_col"] - m["resid_corr_col"]) < 0.1
+
+
+def test_at_low_dose_the_raw_count_holds_noise_detections_that_the_smoothing_diagnostic_shows():
+    # The count check compares with the lightly smoothed raw frame. At 5 counts per column peak that frame shows
+    # noise bumps as columns, so even the noise-free truth "loses" columns by more than 1 %; counted at more
+    # smoothing the raw count falls onto the truth's while the truth's own count stays.
+    res = simulate(**{**PEROVSKITE, "dose": 5.0})
+    raw = res.noisy.astype(np.float64)
+    m = _metrics(raw, res.truth, cell_average(raw).geometry)
+    assert m["count_rel_diff"] > 0.01
+    counts = {k: tuple(int(n) for n in v.split("/")) for k, v in
+              (item.split(":") for item in m["counts_by_smoothing"].split(";"))}
+    assert counts["0.07"][0] - counts["0.13"][0] > 3 * abs(counts["0.07"][1] - counts["0.13"][1])
+    assert abs(counts["0.13"][0] - counts["0.13"][1]) <= 0.005 * counts["0.13"][1]
 
 
 def test_deleting_the_weak_sublattice_fails_the_site_check(perovskite):
