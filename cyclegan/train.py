@@ -236,6 +236,13 @@ class CycleGAN:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def _clip_G(self) -> float:
+        """Limit the global norm of G's gradient to ``cfg.grad_clip`` (after unscaling an fp16 GradScaler's
+        factor); returns the norm before clipping. Under DDP the gradients are already averaged here."""
+        self.scaler_G.unscale_(self.opt_G)
+        params = [p for p in self.nets["G"].parameters() if p.grad is not None]
+        return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+
     def step_stochastic(self, noisy: torch.Tensor, clean: torch.Tensor, real_A: torch.Tensor | None = None,
                         real_B: torch.Tensor | None = None, *, soft: list | None = None, visuals: bool = False
                         ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
@@ -334,6 +341,8 @@ class CycleGAN:
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             raise TrainingDiverged(", ".join(f"{k}={v}" for k, v in bad.items()))
+        if cfg.grad_clip is not None:
+            values["grad_norm_G"] = self._clip_G()
         self.scaler_G.step(self.opt_G)
         self.scaler_G.update()
         if fake_B is not None or refine:
@@ -412,6 +421,8 @@ class CycleGAN:
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             raise TrainingDiverged(", ".join(f"{k}={v}" for k, v in bad.items()))
+        if cfg.grad_clip is not None:
+            values["grad_norm_G"] = self._clip_G()
         self.scaler_G.step(self.opt_G)
         self.scaler_G.update()
         self.scaler_D.step(self.opt_D)

@@ -127,3 +127,18 @@ def test_init_from_a_generator_export_fine_tunes_it(data, tmp_path, one_torch_th
     assert code.value.code == 0
     saved = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert saved["generator"]["width"] == 4 and saved["generator"]["n_blocks"] == 1
+
+
+def test_grad_clip_limits_each_update_and_logs_the_norm(tmp_path, one_torch_thread):
+    # The same run with and without a gradient-norm limit. Off: nothing logged and the run as before. On, with a
+    # limit every step exceeds: the unclipped norm is logged at every step and the weights take another path.
+    base = dict(steps=6, decay_start=1.0, lr=1e-2)
+    dash_off, dash_on = StubDashboard(), StubDashboard()
+    off = train(tiny(**base), None, tmp_path / "off", dashboard=dash_off, progress=False)
+    on = train(tiny(**base, grad_clip=1e-6), None, tmp_path / "on", dashboard=dash_on, progress=False)
+    assert all("grad_norm_G" not in v for _, v in dash_off.scalars_log)
+    norms = [v["grad_norm_G"] for _, v in dash_on.scalars_log]
+    assert len(norms) == 6 and all(n > 1e-6 for n in norms)
+    assert off["digests"] != on["digests"]
+    with pytest.raises(ConfigError):
+        tiny(grad_clip=0.0)
