@@ -43,15 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+COUNT_KEYS = ("lost", "fp", "in_vacuum", "hallucinations", "vacancy_counts")  # summed over cases; the rest averaged
+
+
 def summarise_bench(rows: list[dict]) -> dict:
     """Mean metrics per (set, dose, method) and the model's margins over the oracle Gaussian."""
     acc: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         key = (r.get("set", "simulated"), float(r["dose"]) if r.get("dose") not in (None, "") else None,
                r["method"])
-        for k in ("psnr", "ssim", "f1", "lost", "fp", "in_vacuum", "hallucinations", "vacancy_counts", "intensity_corr",
-                  "dent_corr",
-                  "noise_left", "mpix_per_s"):
+        for k in ("psnr", "ssim", "f1", *COUNT_KEYS, "intensity_corr", "dent_corr", "noise_left", "mpix_per_s"):
             v = r.get(k)
             if isinstance(v, (int, float)) and math.isfinite(float(v)):
                 acc[key][k].append(float(v))
@@ -59,8 +60,7 @@ def summarise_bench(rows: list[dict]) -> dict:
     for (set_, dose, method), d in acc.items():
         m = {}
         for k, vals in d.items():
-            summed = k in ("lost", "fp", "in_vacuum", "hallucinations", "vacancy_counts")
-            m[k] = (sum(vals) if summed else sum(vals) / len(vals)) if vals else None
+            m[k] = (sum(vals) if k in COUNT_KEYS else sum(vals) / len(vals)) if vals else None
         out.setdefault(set_, {}).setdefault(str(dose), {})[method] = m
     return out
 

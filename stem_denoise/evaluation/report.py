@@ -88,6 +88,11 @@ def _num(v) -> float:
         return float("nan")
 
 
+def _count_sum(rows: Sequence[dict], key: str) -> int:
+    """Sum of a count column over ``rows``, skipping rows where it is missing or not a number."""
+    return int(sum(v for v in (_num(r.get(key)) for r in rows) if math.isfinite(v)))
+
+
 def _nanmean(values) -> float:
     arr = np.array([_num(v) for v in values], dtype=np.float64)
     arr = arr[np.isfinite(arr)]
@@ -110,7 +115,7 @@ def aggregate(rows: Sequence[dict]) -> "OrderedDict[str, dict]":
     out: "OrderedDict[str, dict]" = OrderedDict()
     for name, rs in by_method.items():
         pm = all(math.isfinite(_num(r.get("rmse_pm"))) for r in rs)
-        n_vac = int(sum(_num(r.get("n_vacancies")) for r in rs if math.isfinite(_num(r.get("n_vacancies")))))
+        n_vac = _count_sum(rs, "n_vacancies")
         halls = [_num(r.get("hallucinations")) for r in rs]
         known = [h for h in halls if math.isfinite(h)]
         px = sum(_num(r.get("height")) * _num(r.get("width")) for r in rs)
@@ -123,11 +128,10 @@ def aggregate(rows: Sequence[dict]) -> "OrderedDict[str, dict]":
             "f1": _nanmean(r.get("f1") for r in rs),
             "rmse": _nanmean(r.get("rmse_pm" if pm else "rmse_px") for r in rs),
             "rmse_unit": "pm" if pm else "px",
-            "lost": int(sum(_num(r.get("lost")) for r in rs if math.isfinite(_num(r.get("lost"))))),
-            "fp": int(sum(_num(r.get("fp")) for r in rs if math.isfinite(_num(r.get("fp"))))),
-            "in_vacuum": int(sum(_num(r.get("in_vacuum")) for r in rs if math.isfinite(_num(r.get("in_vacuum"))))),
-            "vacancy_counts": int(sum(_num(r.get("vacancy_counts")) for r in rs
-                                      if math.isfinite(_num(r.get("vacancy_counts"))))),
+            "lost": _count_sum(rs, "lost"),
+            "fp": _count_sum(rs, "fp"),
+            "in_vacuum": _count_sum(rs, "in_vacuum"),
+            "vacancy_counts": _count_sum(rs, "vacancy_counts"),
             "halluc_n": int(sum(known)) if known else None,
             "n_vacancies": n_vac,
             "halluc_frac": 100.0 * sum(known) / n_vac if known and n_vac else float("nan"),
